@@ -1,0 +1,24 @@
+"""Errors for user mistakes. The CLI prints their message on one line, with no traceback."""
+
+
+class CnnlabError(Exception):
+    """Base class: a mistake in what the user asked for, with a message that names the fix."""
+
+
+class ShapeError(CnnlabError, ValueError):
+    """A tensor or layer does not fit: wrong rank, channel count or spatial size."""
+
+
+class SpecError(CnnlabError, ValueError):
+    """A network description in the chapter's notation cannot be parsed or built."""
+
+
+class DataError(CnnlabError):
+    """A data set is missing, corrupt or has the wrong format."""
+
+
+class ModelError(CnnlabError, KeyError):
+    """An unknown model name, or weights that do not fit a model."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0]) if self.args else ""
