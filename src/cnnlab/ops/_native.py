@@ -41,9 +41,10 @@ def avg_pool(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...],
 
 
 def max_unpool(y: torch.Tensor, switches: torch.Tensor, output_size: tuple[int, ...]) -> torch.Tensor:
-    d = y.dim() - 2
-    # the kernel/stride only serve PyTorch's default size; we always pass the size
-    return _UNPOOL[d](y, switches, (1,) * d, (1,) * d, 0, output_size=output_size)
+    # PyTorch only uses kernel and stride to check output_size against its default size;
+    # stride 1 and kernel out - in + 1 make that default exactly output_size
+    kernel = tuple(max(o - i + 1, 1) for o, i in zip(output_size, y.shape[2:]))
+    return _UNPOOL[y.dim() - 2](y, switches, kernel, 1, 0, output_size=output_size)
 
 
 def lrn(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:

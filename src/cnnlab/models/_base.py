@@ -1,0 +1,34 @@
+"""The interface every cnnlab model has (as timm's do), so that FC7 features, fine-tuning the
+deeper layers, retrieval and visualisation need no per-model code."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Classifier(nn.Module):
+    """A network split into ``features`` (the spatial layers) and ``head`` (what follows).
+
+    Subclasses set ``default_input_shape`` (C, H, W) and implement :meth:`forward_features`,
+    :meth:`forward_head` and :meth:`reset_classifier`.
+    """
+
+    default_input_shape: tuple[int, int, int]
+    num_classes: int
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last spatial volume, (N, D, H, W)."""
+        raise NotImplementedError
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Scores from features; ``pre_logits=True`` stops at the penultimate layer
+        (the "FC7 features" of 8.4.1)."""
+        raise NotImplementedError
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the output layer with a fresh one for ``num_classes`` classes."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

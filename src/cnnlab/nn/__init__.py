@@ -1,0 +1,34 @@
+"""Layers (torch.nn modules) that run on cnnlab.ops, so every network can switch kernels."""
+
+from cnnlab.nn.layers import (
+    LRN,
+    AvgPool1d,
+    AvgPool2d,
+    AvgPool3d,
+    Conv1d,
+    Conv2d,
+    Conv3d,
+    ConvTranspose1d,
+    ConvTranspose2d,
+    ConvTranspose3d,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    Linear,
+    MaxPool1d,
+    MaxPool2d,
+    MaxPool3d,
+    MaxUnpool1d,
+    MaxUnpool2d,
+    MaxUnpool3d,
+    ReLU,
+)
+from cnnlab.nn.lenet import RBF, PartialConv2d, Squash, Subsampling, rbf_map_loss
+
+__all__ = [
+    "LRN", "RBF", "AvgPool1d", "AvgPool2d", "AvgPool3d", "Conv1d", "Conv2d", "Conv3d",
+    "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Dropout", "Flatten",
+    "GlobalAvgPool", "Linear", "MaxPool1d", "MaxPool2d", "MaxPool3d", "MaxUnpool1d",
+    "MaxUnpool2d", "MaxUnpool3d", "PartialConv2d", "ReLU", "Squash", "Subsampling",
+    "rbf_map_loss",
+]

@@ -1,0 +1,232 @@
+"""Layers that run on :mod:`cnnlab.ops`, so a whole network can switch kernels.
+
+Each layer subclasses the torch.nn module of the same name and only replaces its forward:
+parameter names (``weight``, ``bias``), shapes, initialisation and ``isinstance`` checks stay
+those of torch.nn, so state dicts load unchanged from torchvision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlab import ops
+from cnnlab.ops._shapes import as_tuple, resolve_padding
+
+Size = int | Sequence[int]
+
+
+def _padding(padding: Size | str, kernel_size: Size, dilation: Size, dims: int) -> tuple[int, ...]:
+    return resolve_padding(padding, as_tuple(kernel_size, dims, "kernel_size"),
+                           as_tuple(dilation, dims, "dilation"))
+
+
+class _ConvMixin:
+    """Forward through cnnlab.ops.conv; accepts the chapter's 'valid' / 'half' / 'full' padding."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+
+class Conv1d(_ConvMixin, nn.Conv1d):
+    """1-D convolution (text, 8.6.4). ``padding`` may be an int or 'valid' / 'half' / 'full'."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Size, stride: Size = 1,
+                 padding: Size | str = 0, dilation: Size = 1, groups: int = 1,
+                 bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         _padding(padding, kernel_size, dilation, 1), dilation, groups, bias)
+
+
+class Conv2d(_ConvMixin, nn.Conv2d):
+    """2-D convolution (8.2). ``padding`` may be an int, a pair or 'valid' / 'half' / 'full'.
+
+    >>> Conv2d(3, 5, 5)(torch.zeros(1, 3, 32, 32)).shape          # Fig. 8.1
+    torch.Size([1, 5, 28, 28])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Size, stride: Size = 1,
+                 padding: Size | str = 0, dilation: Size = 1, groups: int = 1,
+                 bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         _padding(padding, kernel_size, dilation, 2), dilation, groups, bias)
+
+
+class Conv3d(_ConvMixin, nn.Conv3d):
+    """3-D convolution (video, 8.6.5). ``padding`` may be an int, a triple or a padding name."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Size, stride: Size = 1,
+                 padding: Size | str = 0, dilation: Size = 1, groups: int = 1,
+                 bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         _padding(padding, kernel_size, dilation, 3), dilation, groups, bias)
+
+
+class _ConvTransposeMixin:
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    output_padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+
+    def forward(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
+        out_pad = self.output_padding
+        if output_size is not None:  # pick the output_padding that reaches output_size
+            base = [ops.transpose_output_length(n, k, s, p, 0, d) for n, k, s, p, d in zip(
+                x.shape[2:], self.weight.shape[2:], self.stride, self.padding, self.dilation)]
+            out_pad = tuple(t - b for t, b in zip(tuple(output_size)[-len(base):], base))
+        return ops.conv_transpose(x, self.weight, self.bias, self.stride, self.padding, out_pad,
+                                  self.groups, self.dilation)
+
+
+class ConvTranspose1d(_ConvTransposeMixin, nn.ConvTranspose1d):
+    """Transposed ("de-") convolution, 1-D (8.5.2); stride > 1 is fractionally strided."""
+
+
+class ConvTranspose2d(_ConvTransposeMixin, nn.ConvTranspose2d):
+    """Transposed ("de-") convolution, 2-D (8.5.2); stride > 1 is fractionally strided."""
+
+
+class ConvTranspose3d(_ConvTransposeMixin, nn.ConvTranspose3d):
+    """Transposed ("de-") convolution, 3-D (8.5.2)."""
+
+
+class _MaxPoolMixin:
+    kernel_size: Any
+    stride: Any
+    padding: Any
+    dilation: Any
+    ceil_mode: bool
+    return_indices: bool
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return ops.max_pool(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                            self.ceil_mode, return_switches=self.return_indices)
+
+
+class MaxPool1d(_MaxPoolMixin, nn.MaxPool1d):
+    """Max pooling, 1-D (8.2.5). ``return_indices=True`` also returns the switches."""
+
+
+class MaxPool2d(_MaxPoolMixin, nn.MaxPool2d):
+    """Max pooling, 2-D (8.2.5); 3x3 at stride 2 gives AlexNet's overlapping pools.
+    ``return_indices=True`` also returns the switches for :class:`MaxUnpool2d`."""
+
+
+class MaxPool3d(_MaxPoolMixin, nn.MaxPool3d):
+    """Max pooling, 3-D (8.2.5, video)."""
+
+
+class _AvgPoolMixin:
+    kernel_size: Any
+    stride: Any
+    padding: Any
+    ceil_mode: bool
+    count_include_pad: bool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.avg_pool(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                            self.count_include_pad)
+
+
+class AvgPool1d(_AvgPoolMixin, nn.AvgPool1d):
+    """Average pooling, 1-D (8.2.5)."""
+
+
+class AvgPool2d(_AvgPoolMixin, nn.AvgPool2d):
+    """Average pooling, 2-D (8.2.5)."""
+
+
+class AvgPool3d(_AvgPoolMixin, nn.AvgPool3d):
+    """Average pooling, 3-D (8.2.5)."""
+
+
+class _MaxUnpoolMixin:
+    kernel_size: Any
+    stride: Any
+    padding: Any
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor,
+                output_size: Sequence[int] | None = None) -> torch.Tensor:
+        return ops.max_unpool(x, indices, self.kernel_size, self.stride, self.padding, output_size)
+
+
+class MaxUnpool1d(_MaxUnpoolMixin, nn.MaxUnpool1d):
+    """Places pooled values back at their switches (8.5.2), 1-D."""
+
+
+class MaxUnpool2d(_MaxUnpoolMixin, nn.MaxUnpool2d):
+    """Places pooled values back at their switches (8.5.2), 2-D."""
+
+
+class MaxUnpool3d(_MaxUnpoolMixin, nn.MaxUnpool3d):
+    """Places pooled values back at their switches (8.5.2), 3-D."""
+
+
+class GlobalAvgPool(nn.Module):
+    """Average each feature map over its whole spatial extent (8.2.6, GoogLeNet):
+    (N, C, *spatial) -> (N, C), or (N, C, 1, ..., 1) with ``flatten=False``."""
+
+    def __init__(self, flatten: bool = True) -> None:
+        super().__init__()
+        self.flatten = flatten
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = ops.avg_pool(x, tuple(x.shape[2:]))
+        return y.flatten(1) if self.flatten else y
+
+    def extra_repr(self) -> str:
+        return f"flatten={self.flatten}"
+
+
+class LRN(nn.Module):
+    """Local response normalisation across channels, Eq. 8.2 (AlexNet: n=5, alpha=1e-4,
+    beta=0.75, k=2). alpha is *not* divided by n here, unlike torch.nn.LocalResponseNorm."""
+
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
+                 k: float = 2.0) -> None:
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.lrn(x, self.size, self.alpha, self.beta, self.k)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
+class ReLU(nn.ReLU):
+    """max(x, 0) (8.2.4); the backward rule follows :func:`cnnlab.ops.relu_backward`.
+    ``inplace`` is accepted for torchvision compatibility and ignored (the deconvnet and guided
+    rules need the input)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.relu(x)
+
+
+class Linear(nn.Linear):
+    """Fully connected layer (8.2.6)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.linear(x, self.weight, self.bias)
+
+
+class Dropout(nn.Dropout):
+    """Dropout (8.4.1: AlexNet drops units with probability 0.5 in its FC layers)."""
+
+
+class Flatten(nn.Flatten):
+    """(N, C, H, W) -> (N, C·H·W), the step from the last spatial volume to FC layers."""

@@ -1,0 +1,69 @@
+"""One parametrized test over the registry (as torchvision's test_models.py)."""
+
+import pytest
+import torch
+
+from cnnlab import models, ops
+from cnnlab.errors import ModelError
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_forward_shape_and_every_parameter_learns(name):
+    torch.manual_seed(0)
+    model = models.create(name, num_classes=42)
+    shape = models.info(name).input_shape
+    assert tuple(model.default_input_shape) == shape
+    x = torch.randn(2, *shape)
+    out = model(x)
+    assert out.shape == (2, 42)
+    loss = model.loss(out, torch.tensor([0, 41])) if hasattr(model, "loss") else out.sum()
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}: {pname} gets no gradient"
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_both_kernels_give_equal_results(name):
+    torch.manual_seed(0)
+    model = models.create(name).double().eval()
+    x = torch.randn(3, *models.info(name).input_shape, dtype=torch.float64)
+    outs, grads = [], []
+    for kernel in ("native", "reference"):
+        model.zero_grad()
+        with ops.kernels(kernel):
+            out = model(x)
+            out.square().sum().backward()
+        outs.append(out.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-9, atol=1e-10)
+    for g_native, g_ref in zip(*grads):
+        torch.testing.assert_close(g_native, g_ref, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_common_interface(name):
+    model = models.create(name, num_classes=7).eval()
+    x = torch.randn(2, *models.info(name).input_shape)
+    feats = model.forward_features(x)
+    assert feats.dim() == 4
+    pre = model.forward_head(feats, pre_logits=True)
+    assert pre.dim() == 2
+    torch.testing.assert_close(model.forward_head(feats), model(x))
+    model.reset_classifier(3)
+    assert model(x).shape == (2, 3)
+
+
+def test_unknown_model_names_near_matches():
+    with pytest.raises(ModelError, match=r"unknown model 'lenet': did you mean lenet5"):
+        models.create("lenet")
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5])
+def test_bad_num_classes(bad):
+    with pytest.raises(ModelError, match="num_classes must be a positive int"):
+        models.create("lenet5", num_classes=bad)
+
+
+def test_duplicate_registration_is_refused():
+    with pytest.raises(ValueError, match="already registered"):
+        models.register("lenet5", input_shape=(1, 32, 32), section="8.2.7")(lambda **kw: None)
