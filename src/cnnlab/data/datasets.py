@@ -1,0 +1,158 @@
+"""``load(name, split)``: a data set as tensors, sized for a model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from cnnlab.data._download import download as fetch
+from cnnlab.data.files import ChecksumError, candidates, locate, resolve_data_dir
+from cnnlab.data.registry import DatasetInfo, info, owner_of
+from cnnlab.errors import DataError, ShapeError
+
+SPLITS = ("train", "test")
+
+
+class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Images (N, C, H, W) float32 in [0, 1] and labels (N,) int64, held as tensors.
+
+    Index it like any ``Dataset`` (``image, label = ds[i]``), or slice ``ds.images`` and
+    ``ds.labels`` directly for speed. ``mean``/``std`` are the training split's per-channel
+    statistics (at the native size) for normalising model inputs.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, name: str, split: str,
+                 classes: Sequence[str], mean: Sequence[float], std: Sequence[float]) -> None:
+        if images.dim() != 4 or labels.shape != images.shape[:1]:
+            raise ShapeError(f"ImageDataset needs images (N, C, H, W) and labels (N,), got "
+                             f"{tuple(images.shape)} and {tuple(labels.shape)}")
+        if len(mean) != images.shape[1] or len(std) != images.shape[1]:
+            raise ShapeError(f"ImageDataset: mean/std need one value per channel "
+                             f"({images.shape[1]}), got {len(mean)} and {len(std)}")
+        self.images, self.labels = images, labels
+        self.name, self.split = name, split
+        self.classes = tuple(classes)
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image."""
+        c, h, w = self.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    def subset(self, index: torch.Tensor | Sequence[int] | slice) -> ImageDataset:
+        """A dataset of the chosen examples (indices, a boolean mask or a slice)."""
+        if not isinstance(index, slice):
+            index = torch.as_tensor(index)
+        return ImageDataset(self.images[index], self.labels[index], name=self.name,
+                            split=self.split, classes=self.classes, mean=self.mean, std=self.std)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """(x - mean) / std per channel, on x's device; x is (N, C, H, W)."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def __repr__(self) -> str:
+        c, h, w = self.image_shape
+        return (f"ImageDataset({self.name!r}, split={self.split!r}, n={len(self)}, "
+                f"shape={c}x{h}x{w}, classes={self.num_classes})")
+
+
+def _as_size(size: int | Sequence[int]) -> tuple[int, int]:
+    pair = (size, size) if isinstance(size, int) else tuple(size) if isinstance(
+        size, Sequence) else ()
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                 for v in pair):
+        raise ShapeError(f"size must be a positive int or (height, width), got {size!r}; "
+                         "e.g. size=32 or size=(32, 32)")
+    return pair[0], pair[1]
+
+
+def resize(images: torch.Tensor, size: int | Sequence[int],
+           pad_to: tuple[int, int] | None = None) -> torch.Tensor:
+    """Resize (N, C, H, W) images to ``size``: zero padding around the centre when ``size``
+    equals ``pad_to``, else bilinear resampling (antialiased when shrinking)."""
+    h, w = _as_size(size)
+    in_h, in_w = images.shape[-2:]
+    if (h, w) == (in_h, in_w):
+        return images
+    if (h, w) == pad_to and h >= in_h and w >= in_w:
+        top, left = (h - in_h) // 2, (w - in_w) // 2   # 28 -> 32: 2 on each side
+        return F.pad(images, (left, w - in_w - left, top, h - in_h - top))
+    shrink = h < in_h or w < in_w
+    out = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False,
+                        antialias=shrink)
+    return out.clamp_(0.0, 1.0)
+
+
+def _data_folder(entry: DatasetInfo, split: str, data_dir: str | os.PathLike[str] | None,
+                 download: bool) -> Path:
+    root, source = resolve_data_dir(data_dir)
+    if source != "cache" and not root.is_dir() and not download:
+        given = "--data-dir" if source == "data_dir" else "CNNLAB_DATA"
+        raise DataError(f"data directory {str(root)!r} (from {given}) does not exist; "
+                        "point it at the folder that holds the data set, or pass "
+                        "download=True to fetch it there")
+    missing = [f.name for f in entry.files[split] if locate(root, f.name, entry.folders) is None]
+    if missing and download:
+        fetch(entry.name, root)
+    elif missing:
+        looked = ", ".join(str(p.parent) for p in candidates(root, missing[0], entry.folders)[::2])
+        raise DataError(
+            f"{entry.name} {split} files missing: {', '.join(m + '(.gz)' for m in missing)} "
+            f"(looked in {looked}); pass download=True, or fetch them from {entry.urls[0]} "
+            f"into {root / entry.folders[0]}, or point --data-dir/CNNLAB_DATA at a copy")
+    return root
+
+
+def load(name: str, split: str = "train", data_dir: str | os.PathLike[str] | None = None,
+         size: int | Sequence[int] | None = None, download: bool = False) -> ImageDataset:
+    """Load a split of a data set as an :class:`ImageDataset`.
+
+    ``name``: ``"digits"`` (embedded, no files needed), ``"mnist"`` or ``"fashion-mnist"``
+    (IDX files from ``data_dir``, else ``$CNNLAB_DATA``, else ``~/.cache/cnnlab``; checked
+    against the published checksums). ``size``: resize for a model, e.g. ``32`` pads MNIST's
+    28x28 digits to LeNet-5's 32x32 field; other sizes are resampled bilinearly.
+    ``download``: fetch missing files from the publishers first.
+
+    >>> ds = load("digits", "test", size=32)
+    >>> ds
+    ImageDataset('digits', split='test', n=360, shape=1x32x32, classes=10)
+    >>> image, label = ds[0]
+    """
+    entry = info(name)
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
+    root = None if entry.embedded else _data_folder(entry, split, data_dir, download)
+    try:
+        images, labels = entry.reader(entry, split, root)
+    except ChecksumError as err:
+        owner = owner_of(err.algorithm, err.actual)   # a mix-up rather than a corrupt file?
+        if owner is None:
+            raise
+        raise DataError(f"{err.path} holds {owner}, not {entry.name} {split} data; point "
+                        f"--data-dir at the folder that holds {entry.name}'s files") from None
+    if size is not None:
+        images = resize(images, size, entry.pad_to)
+    return ImageDataset(images, labels, name=entry.name, split=split, classes=entry.classes,
+                        mean=entry.mean, std=entry.std)

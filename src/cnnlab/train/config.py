@@ -1,0 +1,122 @@
+"""One typed training configuration, checked when it is made and saved beside the run."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cnnlab.errors import CnnlabError
+
+KERNELS = ("native", "reference")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run (nanoGPT's ``GPTConfig``, airbench's ``hyp``).
+
+    >>> TrainConfig(model="lenet5", epochs=2).out
+    'runs/lenet5-digits'
+    """
+
+    model: str = "lenet5"           # registry name (cnnlab.models)
+    data: str = "digits"            # data set name (cnnlab.data)
+    data_dir: str | None = None     # folder with the data files; None: $CNNLAB_DATA, else cache
+    epochs: int = 10                # passes over the training split
+    batch_size: int = 64            # images per SGD step
+    lr: float = 0.01                # initial learning rate
+    momentum: float = 0.9           # SGD momentum, in [0, 1)
+    weight_decay: float = 5e-4      # L2 coefficient on every trainable parameter
+    lr_step: int = 0                # epochs between learning-rate drops; 0 = constant
+    lr_gamma: float = 0.1           # factor applied at each drop, in (0, 1]
+    seed: int = 0                   # initial weights, shuffling and dropout
+    kernel: str = "native"          # "native" (PyTorch) or "reference" (the chapter's math)
+    device: str = "auto"            # "auto" (cuda if present, else cpu), "cpu", "cuda:0", ...
+    out: str | None = None          # run folder; None: runs/<model>-<data>
+    num_workers: int = 0            # DataLoader worker processes; 0 slices tensors in-process
+    eval_batch_size: int = 500      # images per evaluation batch
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            kind, ok, wanted = _RULES[f.name]
+            value = getattr(self, f.name)
+            if kind is float and _is_int(value):
+                value = float(value)          # 1 is a fine learning rate too
+                setattr(self, f.name, value)
+            if not _has_kind(value, kind) or not ok(value):
+                flag = "--" + f.name.replace("_", "-")
+                raise CnnlabError(f"{f.name} must be {wanted}, got {f.name}={value!r} "
+                                  f"(command line: {flag})")
+        if self.out is None:
+            self.out = f"runs/{self.model}-{self.data}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field (what ``config.json`` holds)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Build from a dict such as ``config.json``; unknown keys are refused, missing ones
+        take their defaults."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in values if k not in known]
+        if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise CnnlabError(f"unknown training setting {unknown[0]!r}: {hint}"
+                              f"known settings are {', '.join(known)}")
+        return cls(**values)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _has_kind(v: object, kind: type | None) -> bool:
+    if kind is None:                            # str or None
+        return v is None or isinstance(v, str)
+    if kind is int:
+        return _is_int(v)
+    if kind is float:
+        return isinstance(v, float) and math.isfinite(v)
+    return isinstance(v, kind)
+
+
+def _device_ok(v: str) -> bool:
+    import torch
+
+    if v == "auto":
+        return True
+    try:
+        torch.device(v)
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+def _any(v: object) -> bool:
+    return True
+
+
+# field -> (type, range check, what the error says it must be); None type: a str or None
+_RULES: dict[str, tuple[type | None, Callable[[Any], bool], str]] = {
+    "model": (str, bool, "a model name (see `cnnlab models`)"),
+    "data": (str, bool, "a data set name: digits, mnist or fashion-mnist"),
+    "data_dir": (None, _any, "a folder path or None"),
+    "epochs": (int, lambda v: v >= 1, "a positive int"),
+    "batch_size": (int, lambda v: v >= 1, "a positive int"),
+    "lr": (float, lambda v: v > 0, "a positive number"),
+    "momentum": (float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": (float, lambda v: v >= 0, "a number >= 0"),
+    "lr_step": (int, lambda v: v >= 0, "an int >= 0 (0: never drop the learning rate)"),
+    "lr_gamma": (float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "seed": (int, lambda v: 0 <= v < 2**63, "an int in [0, 2**63)"),
+    "kernel": (str, lambda v: v in KERNELS, "'native' or 'reference'"),
+    "device": (str, _device_ok, "'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    "out": (None, lambda v: v is None or bool(v), "a folder path"),
+    "num_workers": (int, lambda v: v >= 0, "an int >= 0"),
+    "eval_batch_size": (int, lambda v: v >= 1, "a positive int"),
+}

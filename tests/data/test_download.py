@@ -1,0 +1,91 @@
+"""``download`` against a local HTTP server: checksum before rename, mirrors in order."""
+
+import functools
+import gzip
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+
+from cnnlab.data import _download as download_mod
+from cnnlab.data import download, load
+from cnnlab.data.registry import DatasetInfo, FileInfo
+from cnnlab.errors import DataError
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+if not SHARED.is_dir():
+    SHARED = Path("/work/shared/data")
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A quiet HTTP server on localhost serving ``tmp_path / "www"``."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def tiny_set(payload: bytes) -> tuple[DatasetInfo, bytes]:
+    gz = gzip.compress(payload, mtime=0)
+    f = FileInfo("tiny-labels", hashlib.sha256(gz).hexdigest(), hashlib.md5(payload).hexdigest())
+    entry = DatasetInfo(name="tiny", summary="", classes=("a",), shape=(1, 1, 1), mean=(0.0,),
+                        std=(1.0,), reader=lambda *a: None,  # type: ignore[arg-type,return-value]
+                        files={"train": (f, f)}, urls=("http://127.0.0.1:9/",),
+                        folders=("tiny",))
+    return entry, gz
+
+
+def test_download_checks_then_renames(server, tmp_path, monkeypatch):
+    www, url = server
+    entry, gz = tiny_set(b"\0\0\x08\x01\0\0\0\x01\x00")
+    monkeypatch.setattr(download_mod, "info", lambda name: entry)
+    (www / "tiny-labels.gz").write_bytes(gz)
+    # the first mirror refuses the connection, the second serves the file
+    folder = download("tiny", tmp_path / "data", mirrors=["http://127.0.0.1:9/", url],
+                      progress=False)
+    assert folder == tmp_path / "data" / "tiny"
+    assert (folder / "tiny-labels.gz").read_bytes() == gz
+    assert [p.name for p in folder.iterdir()] == ["tiny-labels.gz"]
+
+
+def test_corrupt_download_leaves_nothing(server, tmp_path, monkeypatch):
+    www, url = server
+    entry, gz = tiny_set(b"\0\0\x08\x01\0\0\0\x01\x00")
+    monkeypatch.setattr(download_mod, "info", lambda name: entry)
+    (www / "tiny-labels.gz").write_bytes(gz[:-1] + bytes([gz[-1] ^ 1]))
+    with pytest.raises(DataError, match=r"could not download tiny tiny-labels.gz \(.*sha256 is "
+                                        r"[0-9a-f]+, expected " + entry.files["train"][0].sha256):
+        download("tiny", tmp_path / "data", mirrors=[url], progress=False)
+    assert list((tmp_path / "data" / "tiny").iterdir()) == []
+
+
+@pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason=f"no MNIST files at {SHARED}")
+def test_load_with_download_fetches_missing_files(server, tmp_path, monkeypatch):
+    www, url = server
+    for f in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
+              "train-labels-idx1-ubyte.gz"):
+        (www / f).write_bytes((SHARED / "mnist" / f).read_bytes())
+    have = tmp_path / "data" / "mnist"
+    have.mkdir(parents=True)      # train images are "already there": not fetched again
+    (have / "train-images-idx3-ubyte.gz").symlink_to(SHARED / "mnist" / "train-images-idx3-ubyte.gz")
+    real = download_mod.download
+    monkeypatch.setattr("cnnlab.data.datasets.fetch",
+                        lambda name, root: real(name, root, mirrors=[url], progress=False))
+    test = load("mnist", "test", data_dir=tmp_path / "data", download=True)
+    assert len(test) == 10000
+    assert sorted(p.name for p in have.iterdir()) == sorted(
+        ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz",
+         "train-labels-idx1-ubyte.gz"])
