@@ -23,7 +23,7 @@ examples:
 EPILOG_SUMMARY = """\
 examples:
   cnnlab summary lenet5
-  cnnlab summary "C5D6 R P C5D16 R P F120 R F84 R F10" --input 1x32x32
+  cnnlab summary "C5D6p0 R P C5D16p0 R P F120 R F84 R F10" --input 1x32x32
   cnnlab summary "C11D96s4p2 LRN M3s2 C5D256 LRN M3s2 C3D384 C3D384 C3D256 M3s2 FC4096 FC4096 FC1000 S" --input 3x224x224
 """
 
@@ -53,7 +53,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             model = models.create(name)
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         rows.append({"name": name, "params": params, "input": "x".join(map(str, entry.input_shape)),
-                     "section": entry.section, "summary": entry.summary})
+                     "section": entry.section, "summary": entry.summary,
+                     "recipe": entry.recipe})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -98,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     fields = {k: v for k, v in vars(args).items()
               if k in TrainConfig.__dataclass_fields__ and v is not None}
-    config = TrainConfig.from_dict(fields)
+    config = TrainConfig.for_model(fields)
     result = train(config, progress=not args.quiet, overwrite=args.overwrite)
     print(f"test accuracy {100 * result['test_top1']:.2f}% (error {100 * result['test_error']:.2f}%)"
           f" after {config.epochs} epochs, {result['seconds']:.0f} s; run saved in {config.out}")
@@ -116,6 +117,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"{metrics['data']} {metrics['split']}: top-1 accuracy {100 * metrics['top1']:.2f}% "
               f"(error {100 * (1 - metrics['top1']):.2f}%), top-5 {100 * metrics['top5']:.2f}%, "
               f"loss {metrics['loss']:.4f} on {metrics['n']:,} images")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from cnnlab import data
+
+    folder = data.download(args.name, args.data_dir)
+    print(f"{args.name} is in {folder} (checksums verified)")
     return 0
 
 
@@ -142,16 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("train", help="train a model and save the run folder",
+                       description="Train a model with SGD + momentum. Settings you leave out "
+                       "come from the model's recipe (`cnnlab models --json` shows it), then "
+                       "from the defaults.",
                        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model name (see `cnnlab models`)")
     p.add_argument("--data", help="data set: digits (embedded, default), mnist, fashion-mnist")
     p.add_argument("--data-dir", help="folder with the data files (default: $CNNLAB_DATA, "
                    "else ~/.cache/cnnlab)")
-    p.add_argument("--epochs", type=int, help="passes over the training set (default 10)")
-    p.add_argument("--batch-size", type=int, help="mini-batch size (default 64)")
-    p.add_argument("--lr", type=float, help="learning rate (default 0.01)")
+    p.add_argument("--epochs", type=int, help="passes over the training set")
+    p.add_argument("--batch-size", type=int, help="mini-batch size")
+    p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=float, help="L2 weight decay (default 5e-4)")
+    p.add_argument("--weight-decay", type=float, help="L2 weight decay")
     p.add_argument("--lr-step", type=int, help="epochs between learning-rate drops (0: none)")
     p.add_argument("--lr-gamma", type=float, help="factor of each drop (default 0.1)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
@@ -170,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("download", help="fetch a data set from its publisher, checksums verified")
+    p.add_argument("name", choices=["mnist", "fashion-mnist"])
+    p.add_argument("--data-dir", help="where to put it (default: $CNNLAB_DATA, else ~/.cache/cnnlab)")
+    p.set_defaults(func=cmd_download)
     return parser
 
 

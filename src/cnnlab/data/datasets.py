@@ -111,8 +111,8 @@ def _data_folder(entry: DatasetInfo, split: str, data_dir: str | os.PathLike[str
     if source != "cache" and not root.is_dir() and not download:
         given = "--data-dir" if source == "data_dir" else "CNNLAB_DATA"
         raise DataError(f"data directory {str(root)!r} (from {given}) does not exist; "
-                        "point it at the folder that holds the data set, or pass "
-                        "download=True to fetch it there")
+                        "point it at the folder that holds the data set, or run "
+                        f"`cnnlab download {entry.name} --data-dir {root}` to fetch it there")
     missing = [f.name for f in entry.files[split] if locate(root, f.name, entry.folders) is None]
     if missing and download:
         fetch(entry.name, root)
@@ -120,7 +120,8 @@ def _data_folder(entry: DatasetInfo, split: str, data_dir: str | os.PathLike[str
         looked = ", ".join(str(p.parent) for p in candidates(root, missing[0], entry.folders)[::2])
         raise DataError(
             f"{entry.name} {split} files missing: {', '.join(m + '(.gz)' for m in missing)} "
-            f"(looked in {looked}); pass download=True, or fetch them from {entry.urls[0]} "
+            f"(looked in {looked}); run `cnnlab download {entry.name}` (download=True in "
+            f"Python), or fetch them from {entry.urls[0]} "
             f"into {root / entry.folders[0]}, or point --data-dir/CNNLAB_DATA at a copy")
     return root
 

@@ -21,20 +21,27 @@ class ModelInfo:
     input_shape: tuple[int, int, int]   # default (C, H, W)
     section: str                        # the chapter section it comes from
     summary: str                        # one line for `cnnlab models`
+    recipe: dict[str, Any]              # training settings that suit it (TrainConfig fields)
 
 
 _MODELS: dict[str, ModelInfo] = {}
 
 
-def register(name: str, *, input_shape: tuple[int, int, int], section: str
+def register(name: str, *, input_shape: tuple[int, int, int], section: str,
+             recipe: dict[str, Any] | None = None
              ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Record ``builder`` under ``name``; a second model with the same name is refused."""
+    """Record ``builder`` under ``name``; a second model with the same name is refused.
+
+    ``recipe`` holds the training settings (TrainConfig fields) that the trainer uses for
+    this model unless the user sets them.
+    """
 
     def record(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _MODELS:
             raise ValueError(f"model name {name!r} is already registered")
         doc = (builder.__doc__ or "").strip().splitlines()
-        _MODELS[name] = ModelInfo(name, builder, input_shape, section, doc[0] if doc else "")
+        _MODELS[name] = ModelInfo(name, builder, input_shape, section, doc[0] if doc else "",
+                                  dict(recipe or {}))
         return builder
 
     return record

@@ -70,6 +70,15 @@ class TrainConfig:
                               f"known settings are {', '.join(known)}")
         return cls(**values)
 
+    @classmethod
+    def for_model(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Like :meth:`from_dict`, but settings not given come from the model's recipe
+        (``cnnlab.models.info(name).recipe``) before the defaults."""
+        from cnnlab import models
+
+        name = values.get("model", cls.model)
+        return cls.from_dict({**models.info(name).recipe, **values})
+
 
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)

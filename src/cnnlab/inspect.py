@@ -1,0 +1,373 @@
+"""The per-layer table of a network: volume, parameters, activation memory, receptive field,
+multiply-accumulates (the chapter's Tables 8.1 and 8.2, computed rather than copied).
+
+>>> from cnnlab import models
+>>> s = summarize(models.create("lenet5"), (1, 32, 32))
+>>> s.totals.params, s.rows[0].volume
+(60000, '28×28×6')
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlab.errors import CnnlabError, ShapeError
+from cnnlab.nn.layers import GlobalAvgPool
+from cnnlab.nn.lenet import RBF, PartialConv2d, Subsampling
+
+__all__ = ["Row", "Summary", "Totals", "summarize", "volume"]
+
+Field = tuple[int | float, ...]
+
+
+def volume(shape: Sequence[int], sep: str = "×") -> str:
+    """A per-example shape as the chapter writes volumes, depth last: (6, 28, 28) -> '28×28×6';
+    (C, L) -> 'L×C'; (C, T, H, W) -> 'T×H×W×C'; a flat (84,) -> '84'."""
+    shape = tuple(shape)
+    return sep.join(map(str, shape[1:] + shape[:1] if len(shape) > 1 else shape))
+
+
+@dataclass(frozen=True)
+class Row:
+    """One layer call: what it outputs and what it costs, per example."""
+
+    name: str                           # dotted module path
+    kind: str                           # class name
+    output_shape: tuple[int, ...] | None  # with the batch dimension; None if never called
+    volume: str                         # H×W×D as the chapter writes it
+    params: int                         # trainable parameters owned directly
+    frozen_params: int                  # parameters with requires_grad=False
+    buffers: int                        # elements of saved buffers (e.g. RBF prototypes)
+    activations: int                    # output elements per example
+    activation_bytes: int
+    receptive_field: Field | None       # per spatial dim, in input pixels; None once flat
+    jump: Field | None                  # input pixels between neighbouring outputs
+    macs: int                           # multiply-accumulates per example
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Sums over the model: parameters count each tensor once, the rest sum over the rows."""
+
+    params: int
+    frozen_params: int
+    buffers: int
+    activations: int
+    activation_bytes: int
+    macs: int
+
+
+_COLUMNS = (("layer", "<"), ("kind", "<"), ("volume", ">"), ("params", ">"),
+            ("activations", ">"), ("memory", ">"), ("RF", ">"), ("jump", ">"), ("MACs", ">"))
+
+
+def _bytes(n: int) -> str:
+    if n < 1024:
+        return f"{n:,} B"
+    size, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{size:,.1f} {unit}"
+
+
+def _field_text(f: Field | None) -> str:
+    if f is None:
+        return "-"
+    text = [f"{v:g}" if isinstance(v, float) else str(v) for v in f]
+    return text[0] if len(set(text)) == 1 else "×".join(text)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The table of :func:`summarize`; ``to_text()`` prints it, ``to_dict()`` is JSON-ready."""
+
+    input_shape: tuple[int, ...]
+    batch_size: int
+    dtype: str
+    rows: list[Row]
+    totals: Totals
+
+    def to_text(self) -> str:
+        """An aligned table with a header, one line per row and a totals line."""
+        lines = [[r.name, r.kind, r.volume, f"{r.params:,}", f"{r.activations:,}",
+                  _bytes(r.activation_bytes), _field_text(r.receptive_field),
+                  _field_text(r.jump), f"{r.macs:,}"] for r in self.rows]
+        lines.insert(0, ["input", "", volume(self.input_shape), "", "", "", "1", "1", ""])
+        t = self.totals
+        total = ["total", "", "", f"{t.params:,}", f"{t.activations:,}",
+                 _bytes(t.activation_bytes), "", "", f"{t.macs:,}"]
+        header = [c for c, _ in _COLUMNS]
+        widths = [max(len(x[i]) for x in [header, total, *lines]) for i in range(len(header))]
+
+        def fmt(cells: list[str]) -> str:
+            cols = zip(cells, _COLUMNS, widths)
+            return "  ".join(f"{c:{a}{w}}" for c, (_, a), w in cols).rstrip()
+
+        rule = "-" * len(fmt(["-" * w for w in widths]))
+        out = [fmt(header), rule, *map(fmt, lines), rule, fmt(total)]
+        notes = []
+        if t.frozen_params:
+            notes.append(f"frozen parameters: {t.frozen_params:,}")
+        if t.buffers:
+            notes.append(f"buffers: {t.buffers:,}")
+        notes.append(f"per example; batch {self.batch_size}, {self.dtype}")
+        return "\n".join(out + ["; ".join(notes)])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists, ints, floats and strings, for ``json.dumps``."""
+        def plain(value: Any) -> Any:
+            return list(value) if isinstance(value, tuple) else value
+
+        return {"input_shape": list(self.input_shape), "batch_size": self.batch_size,
+                "dtype": self.dtype,
+                "rows": [{k: plain(v) for k, v in asdict(r).items()} for r in self.rows],
+                "totals": asdict(self.totals)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Summary:
+        """Inverse of :meth:`to_dict`."""
+        def tup(value: Any) -> Any:
+            return tuple(value) if isinstance(value, list) else value
+
+        rows = [Row(**{k: tup(v) for k, v in r.items()}) for r in data["rows"]]
+        return cls(tuple(data["input_shape"]), data["batch_size"], data["dtype"], rows,
+                   Totals(**data["totals"]))
+
+
+def _is_row(m: nn.Module) -> bool:
+    return (next(m.children(), None) is None or next(m.parameters(recurse=False), None) is not None
+            or next(m.buffers(recurse=False), None) is not None)
+
+
+def _owned(m: nn.Module) -> tuple[int, int, int]:
+    params = sum(p.numel() for p in m.parameters(recurse=False) if p.requires_grad)
+    frozen = sum(p.numel() for p in m.parameters(recurse=False) if not p.requires_grad)
+    skip: set[str] = getattr(m, "_non_persistent_buffers_set", set())
+    buffers = sum(b.numel() for n, b in m.named_buffers(recurse=False) if n not in skip)
+    return params, frozen, buffers
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            if isinstance(v, torch.Tensor):
+                return v
+    return None
+
+
+def _window(m: nn.Module, dims: int, x: torch.Tensor, y: torch.Tensor
+            ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
+    """(kernel, stride, dilation) of a sliding-window layer, or None."""
+    def tup(v: Any) -> tuple[int, ...]:
+        return (int(v),) * dims if isinstance(v, int) else tuple(int(u) for u in v)
+
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return tuple(m.weight.shape[2:]), tup(m.stride), tup(m.dilation)
+    if isinstance(m, PartialConv2d):
+        return tup(m.kernel_size), (1,) * dims, (1,) * dims
+    if isinstance(m, Subsampling):
+        return tup(m.kernel_size), tup(m.kernel_size), (1,) * dims
+    if isinstance(m, (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
+                      GlobalAvgPool)):
+        lin, lout = x.shape[2:], y.shape[2:]
+        return (tuple(math.ceil(a / b) for a, b in zip(lin, lout)),
+                tuple(a // b for a, b in zip(lin, lout)), (1,) * dims)
+    if isinstance(m, (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+                      nn.modules.pooling._LPPoolNd)):
+        kernel = tup(m.kernel_size)
+        stride = tup(m.stride) if m.stride is not None else kernel
+        return kernel, stride, tup(getattr(m, "dilation", 1))
+    return None
+
+
+def _next_field(m: nn.Module, x: torch.Tensor | None, y: torch.Tensor,
+                field_in: tuple[Field, Field] | None) -> tuple[Field, Field] | None:
+    """r_out = r_in + (k - 1)·d·j_in and j_out = j_in·s per spatial dim (None once flat)."""
+    dims = y.dim() - 2
+    if dims < 1 or field_in is None or x is None or len(field_in[0]) != dims \
+            or x.dim() != y.dim():
+        return None
+    rf, jump = field_in
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        # each output sees about ceil(F/S) neighbouring inputs, and outputs lie S times closer
+        kernel, stride = tuple(m.weight.shape[2:]), tuple(m.stride)
+        ext = [d * (k - 1) + 1 for k, d in zip(kernel, m.dilation)]
+        new_rf = tuple(r + (math.ceil(e / s) - 1) * j for r, e, s, j in zip(rf, ext, stride, jump))
+        new_jump = tuple(j / s if j % s else j // s for j, s in zip(jump, stride))
+        return new_rf, new_jump
+    window = _window(m, dims, x, y)
+    if window is not None:
+        kernel, stride, dilation = window
+        return (tuple(r + (k - 1) * d * j for r, k, d, j in zip(rf, kernel, dilation, jump)),
+                tuple(j * s for j, s in zip(jump, stride)))
+    if x.shape[2:] == y.shape[2:]:  # elementwise or across channels only (ReLU, LRN, BN, ...)
+        return field_in
+    return None
+
+
+def _macs(m: nn.Module, x: torch.Tensor | None, y: torch.Tensor, n: int) -> int:
+    """Multiply-accumulates per example (biases and pooling not counted)."""
+    if isinstance(m, nn.modules.conv._ConvTransposeNd) and x is not None:
+        return x.numel() // n * (m.out_channels // m.groups) * math.prod(m.weight.shape[2:])
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return y.numel() // n * (m.in_channels // m.groups) * math.prod(m.weight.shape[2:])
+    if isinstance(m, nn.Linear):
+        return y.numel() // n * m.in_features
+    if isinstance(m, PartialConv2d):        # only the connections of C3's table
+        positions = y.numel() // n // m.out_channels
+        return positions * m.weight.shape[0] * m.kernel_size ** 2
+    if isinstance(m, RBF):                  # one squared difference per prototype entry
+        return int(m.get_buffer("prototypes").numel())
+    if isinstance(m, Subsampling):          # the trainable coefficient, once per output
+        return y.numel() // n
+    return 0
+
+
+def _first_layer(model: nn.Module) -> tuple[str, nn.Module] | None:
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, PartialConv2d)):
+            return name, m
+    return None
+
+
+def _fit_error(model: nn.Module, shape: tuple[int, ...], failed: str | None,
+               err: Exception) -> ShapeError:
+    given = "x".join(map(str, shape))
+    default = getattr(model, "default_input_shape", None)
+    hint = f"; its default input shape is {'x'.join(map(str, default))}" if default else ""
+    first = _first_layer(model)
+    if first is not None:
+        name, m = first
+        wanted = (m.in_features if isinstance(m, nn.Linear) else m.in_channels)
+        if isinstance(m, nn.Linear) and len(shape) == 1 and shape[0] != wanted:
+            return ShapeError(f"input shape {given} does not fit the model: its first layer "
+                              f"{name!r} expects {wanted} features{hint}")
+        if not isinstance(m, nn.Linear) and len(shape) > 1 and shape[0] != wanted:
+            expected = "x".join(map(str, (wanted, *shape[1:])))
+            return ShapeError(f"input shape {given} does not fit the model: its first layer "
+                              f"{name!r} ({type(m).__name__}) expects {wanted} input channel(s), "
+                              f"so the input should be {expected}{hint}")
+    where = f" at layer {failed!r}" if failed else ""
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ShapeError(f"input shape {given} does not fit the model{where} ({reason}){hint}")
+
+
+def summarize(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
+              dtype: torch.dtype = torch.float32) -> Summary:
+    """Run one forward pass of zeros of shape (batch_size, *input_shape) through ``model`` (in
+    eval mode, without gradients; the training flags are restored) and tabulate each layer.
+
+    Rows are the leaf modules and any module that owns parameters or buffers directly
+    (PartialConv2d, Subsampling, RBF), in the order they run; a module run twice gets two rows.
+    Receptive fields are tracked per tensor through the hooks. When a layer's input was made by
+    an operation that is not a module (``torch.flatten``, ``x + y``, ``torch.cat``), its field
+    is taken from the most recent row, which is exact for a chain and an approximation across
+    branches. Activations, bytes and MACs are per example; biases and pooling cost no MACs.
+
+    >>> import cnnlab.spec
+    >>> net = cnnlab.spec.build("C3D8 C3D8 C3D8", (1, 16, 16))
+    >>> [r.receptive_field for r in summarize(net, (1, 16, 16)).rows if r.kind == "Conv2d"]
+    [(3, 3), (5, 5), (7, 7)]
+    """
+    try:
+        shape = tuple(int(s) for s in input_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if not shape or any(s <= 0 for s in shape) or len(shape) > 4:
+        raise ShapeError(f"input_shape must be 1 to 4 positive sizes, channels first, e.g. "
+                         f"(3, 224, 224); got {input_shape!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ShapeError(f"batch_size must be a positive int, got {batch_size!r}")
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    if param is not None and param.is_floating_point() and param.dtype != dtype:
+        raise ShapeError(f"dtype={dtype} does not match the model's parameters ({param.dtype}); "
+                         f"pass dtype={param.dtype} or convert the model with model.to({dtype})")
+
+    names = {m: name for name, m in model.named_modules()}
+    rows_of = [m for m in names if _is_row(m)]
+    calls: list[tuple[nn.Module, torch.Tensor | None, Any]] = []
+    running: list[str] = []
+
+    def pre_hook(m: nn.Module, inputs: tuple[Any, ...]) -> None:
+        running.append(names[m])
+
+    def hook(m: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        running.pop()
+        calls.append((m, _first_tensor(inputs), output))
+
+    handles = []
+    training = {m: m.training for m in model.modules()}
+    try:
+        for m in rows_of:
+            handles.append(m.register_forward_pre_hook(pre_hook))
+            handles.append(m.register_forward_hook(hook))
+        model.eval()
+        x = torch.zeros(batch_size, *shape, dtype=dtype, device=device)
+        try:
+            with torch.no_grad():
+                model(x)
+        except (RuntimeError, ValueError, IndexError, CnnlabError) as err:
+            raise _fit_error(model, shape, running[-1] if running else None, err) from None
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in training.items():
+            m.training = flag
+
+    # receptive fields per tensor identity (`calls` holds every tensor, so ids stay unique)
+    spatial = len(shape) - 1
+    fields: dict[int, tuple[Field, Field] | None] = {
+        id(x): ((1,) * spatial, (1,) * spatial) if spatial else None}
+    last: tuple[Field, Field] | None = fields[id(x)]
+    rows: list[Row] = []
+    seen: dict[nn.Module, int] = {}
+    for m, inp, output in calls:
+        y = _first_tensor(output)
+        seen[m] = seen.get(m, 0) + 1
+        name = names[m] or type(m).__name__
+        owned = _owned(m) if seen[m] == 1 else (0, 0, 0)
+        if y is None:
+            rows.append(Row(name if seen[m] == 1 else f"{name} ({seen[m]})", type(m).__name__,
+                            None, "-", *owned, 0, 0, None, None, 0))
+            continue
+        field_in = fields.get(id(inp), last) if inp is not None else last
+        if id(y) in fields and y is not inp:
+            new = fields[id(y)]             # made inside this module by rows already seen
+        else:
+            new = _next_field(m, inp, y, field_in)
+        fields[id(y)] = new
+        last = new
+        per_example = tuple(y.shape[1:])
+        acts = y.numel() // batch_size
+        rows.append(Row(
+            name if seen[m] == 1 else f"{name} ({seen[m]})", type(m).__name__, tuple(y.shape),
+            volume(per_example), *owned, acts, acts * y.element_size(),
+            new[0] if new else None, new[1] if new else None, _macs(m, inp, y, batch_size)))
+    for m in rows_of:                       # never called, but owns parameters
+        if m not in seen and any(_owned(m)):
+            rows.append(Row(names[m] or type(m).__name__, type(m).__name__, None, "-",
+                            *_owned(m), 0, 0, None, None, 0))
+
+    uniq = {id(p): p for p in model.parameters()}.values()
+    skip = {id(b) for mod in model.modules() for n, b in mod.named_buffers(recurse=False)
+            if n in getattr(mod, "_non_persistent_buffers_set", set())}
+    totals = Totals(
+        params=sum(p.numel() for p in uniq if p.requires_grad),
+        frozen_params=sum(p.numel() for p in uniq if not p.requires_grad),
+        buffers=sum(b.numel() for b in {id(b): b for b in model.buffers()}.values()
+                    if id(b) not in skip),
+        activations=sum(r.activations for r in rows),
+        activation_bytes=sum(r.activation_bytes for r in rows),
+        macs=sum(r.macs for r in rows))
+    return Summary(shape, batch_size, str(dtype).removeprefix("torch."), rows, totals)
