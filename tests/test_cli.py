@@ -1,0 +1,82 @@
+"""The `cnnlab` command as a user runs it: output, exit status, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cnnlab.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_models_lists_the_zoo_with_parameter_counts(capsys):
+    code, out, _ = run(capsys, "models")
+    assert code == 0
+    assert "lenet5 " in out and "60,000" in out and "1x32x32" in out and "8.2.7" in out
+    code, out, _ = run(capsys, "models", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["lenet5"]["params"] == 60_000 and rows["lenet5"]["recipe"]["lr"] == 0.001
+
+
+def test_summary_of_lenet5_shows_60000_trainable_parameters(capsys):
+    code, out, _ = run(capsys, "summary", "lenet5")
+    assert code == 0
+    total = next(line for line in out.splitlines() if line.startswith("total"))
+    assert "60,000" in total
+    assert "28×28×6" in out and "5×5×16" in out
+
+
+def test_summary_of_a_spec_as_json(capsys):
+    code, out, _ = run(capsys, "summary", "C5D6p0 R P C5D16p0 R P F120 R F84 R F10",
+                       "--input", "1x32x32", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["totals"]["params"] == 61_706
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["summary", "lenet6"], "needs --input"),
+    (["summary", "C5D6 Q", "--input", "1x32x32"], "token 'Q'"),
+    (["summary", "lenet5", "--input", "1x32"], "does not fit"),
+    (["summary", "lenet5", "--input", "axb"], "is not a shape"),
+    (["train", "lenet7", "--epochs", "1"], "unknown model 'lenet7'"),
+    (["train", "lenet5", "--epochs", "0"], "epochs must be"),
+    (["train", "lenet5", "--data", "mnist", "--data-dir", "/nonexistent/dir"], "does not exist"),
+    (["train", "lenet5", "--data", "cifar"], "unknown data set"),
+    (["eval", "/nonexistent/run"], "run"),
+])
+def test_user_mistakes_give_one_line_errors(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert err.startswith("error: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_train_then_eval_on_the_embedded_digits(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    code, out, _ = run(capsys, "train", "lenet5_modern", "--epochs", "2", "--out", str(out_dir),
+                       "--quiet")
+    assert code == 0 and "test accuracy" in out
+    accuracy = float(out.split("test accuracy ")[1].split("%")[0])
+    assert accuracy > 50                    # two epochs on 1,437 digits, 10 classes
+    assert {p.name for p in out_dir.iterdir()} == {"config.json", "metrics.jsonl", "model.safetensors"}
+    code, out, _ = run(capsys, "eval", str(out_dir), "--json")
+    assert code == 0 and abs(100 * json.loads(out)["top1"] - accuracy) < 0.01
+    # a second run into the same folder is refused, and nothing there changes
+    before = (out_dir / "model.safetensors").read_bytes()
+    code, _, err = run(capsys, "train", "lenet5_modern", "--epochs", "1", "--out", str(out_dir))
+    assert code == 2 and "--overwrite" in err
+    assert (out_dir / "model.safetensors").read_bytes() == before
+
+
+def test_help_for_every_command():
+    for command in ([], ["models"], ["summary"], ["train"], ["eval"], ["download"]):
+        proc = subprocess.run([sys.executable, "-m", "cnnlab", *command, "--help"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and "usage: cnnlab" in proc.stdout
