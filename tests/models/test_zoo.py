@@ -67,3 +67,13 @@ def test_bad_num_classes(bad):
 def test_duplicate_registration_is_refused():
     with pytest.raises(ValueError, match="already registered"):
         models.register("lenet5", input_shape=(1, 32, 32), section="8.2.7")(lambda **kw: None)
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_layers_by_the_chapters_names(name):
+    model = models.create(name)
+    assert model.chapter_layers, f"{name} names none of its layers"
+    for chapter_name, path in model.chapter_layers.items():
+        assert model.layer(chapter_name) is model.get_submodule(path)
+    with pytest.raises(ModelError, match="has no layer 'fc99'"):
+        model.layer("fc99")

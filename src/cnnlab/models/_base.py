@@ -3,8 +3,12 @@ deeper layers, retrieval and visualisation need no per-model code."""
 
 from __future__ import annotations
 
+import difflib
+
 import torch
 from torch import nn
+
+from cnnlab.errors import ModelError
 
 
 class Classifier(nn.Module):
@@ -16,6 +20,19 @@ class Classifier(nn.Module):
 
     default_input_shape: tuple[int, int, int]
     num_classes: int
+    # the chapter's names for layers ("conv1", "fc7", "c3") -> module paths inside the model
+    chapter_layers: dict[str, str] = {}
+
+    def layer(self, name: str) -> nn.Module:
+        """A layer by the chapter's name (``"fc7"``) or by its module path (``"head.f6"``)."""
+        path = self.chapter_layers.get(name, name)
+        try:
+            return self.get_submodule(path)
+        except AttributeError:
+            close = difflib.get_close_matches(name, list(self.chapter_layers), n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise ModelError(f"{type(self).__name__} has no layer {name!r}: {hint}its named "
+                             f"layers are {', '.join(self.chapter_layers)}") from None
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last spatial volume, (N, D, H, W)."""

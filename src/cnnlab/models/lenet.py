@@ -32,10 +32,15 @@ from cnnlab.models._registry import register
 from cnnlab.nn.lenet import LENET5_C3_TABLE, lecun_uniform_, rbf_map_loss, rbf_prototypes
 
 
+_LENET_LAYERS = {"c1": "features.c1", "s2": "features.s2", "c3": "features.c3",
+                 "s4": "features.s4", "c5": "head.c5", "f6": "head.f6", "output": "output"}
+
+
 class LeNet5(Classifier):
     """LeNet-5 as published: squashing, trainable subsampling, partial C3, RBF output."""
 
     default_input_shape = (1, 32, 32)
+    chapter_layers = _LENET_LAYERS
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, rbf_j: float = 1.0) -> None:
         super().__init__()
@@ -76,6 +81,7 @@ class LeNet5Modern(Classifier):
     """LeNet-5's sizes with today's parts: ReLU, max pooling, full C3, softmax output."""
 
     default_input_shape = (1, 32, 32)
+    chapter_layers = _LENET_LAYERS
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
