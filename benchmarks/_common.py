@@ -16,7 +16,7 @@ import cnnlab
 
 def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=False,
                              cwd=Path(__file__).parent)
     except (OSError, subprocess.SubprocessError):
         return None

@@ -46,7 +46,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     from cnnlab import models
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in models.names():
         entry = models.info(name)
         with torch.device("meta"):  # count parameters without allocating them

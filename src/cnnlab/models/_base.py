@@ -4,6 +4,7 @@ deeper layers, retrieval and visualisation need no per-model code."""
 from __future__ import annotations
 
 import difflib
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ class Classifier(nn.Module):
     default_input_shape: tuple[int, int, int]
     num_classes: int
     # the chapter's names for layers ("conv1", "fc7", "c3") -> module paths inside the model
-    chapter_layers: dict[str, str] = {}
+    chapter_layers: ClassVar[dict[str, str]] = {}
 
     def layer(self, name: str) -> nn.Module:
         """A layer by the chapter's name (``"fc7"``) or by its module path (``"head.f6"``)."""

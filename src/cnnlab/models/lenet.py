@@ -31,7 +31,6 @@ from cnnlab.models._base import Classifier
 from cnnlab.models._registry import register
 from cnnlab.nn.lenet import LENET5_C3_TABLE, lecun_uniform_, rbf_map_loss, rbf_prototypes
 
-
 _LENET_LAYERS = {"c1": "features.c1", "s2": "features.s2", "c3": "features.c3",
                  "s4": "features.s4", "c5": "head.c5", "f6": "head.f6", "output": "output"}
 
@@ -115,14 +114,14 @@ class LeNet5Modern(Classifier):
 # Measured on MNIST (BENCHMARKS.md). The RBF loss starts near 84 (the squared distance to a
 # prototype), so the published model needs a smaller step than softmax networks.
 @register("lenet5", input_shape=(1, 32, 32), section="8.2.7",
-          recipe=dict(lr=0.001, batch_size=32, weight_decay=0.0, epochs=20, lr_step=8))
+          recipe={"lr": 0.001, "batch_size": 32, "weight_decay": 0.0, "epochs": 20, "lr_step": 8})
 def lenet5(num_classes: int = 10, in_channels: int = 1, **kwargs: float) -> LeNet5:
     """LeNet-5 as published (squash, trainable subsampling, C3 table, RBF output)"""
     return LeNet5(num_classes, in_channels, **kwargs)
 
 
 @register("lenet5_modern", input_shape=(1, 32, 32), section="8.2.7",
-          recipe=dict(lr=0.05, batch_size=64, weight_decay=5e-4, epochs=20, lr_step=8))
+          recipe={"lr": 0.05, "batch_size": 64, "weight_decay": 5e-4, "epochs": 20, "lr_step": 8})
 def lenet5_modern(num_classes: int = 10, in_channels: int = 1, **kwargs: float) -> LeNet5Modern:
     """LeNet-5 with ReLU, max pooling and a softmax output"""
     return LeNet5Modern(num_classes, in_channels, **kwargs)

@@ -19,9 +19,11 @@ from cnnlab.ops._shapes import as_tuple, resolve_padding
 Size = int | Sequence[int]
 
 
-def _padding(padding: Size | str, kernel_size: Size, dilation: Size, dims: int) -> tuple[int, ...]:
-    return resolve_padding(padding, as_tuple(kernel_size, dims, "kernel_size"),
-                           as_tuple(dilation, dims, "dilation"))
+def _conv_args(dims: int, kernel_size: Size, stride: Size, padding: Size | str,
+               dilation: Size) -> tuple[Any, Any, Any, Any]:
+    """torch.nn's (kernel_size, stride, padding, dilation), with the padding names resolved."""
+    k, dl = as_tuple(kernel_size, dims, "kernel_size"), as_tuple(dilation, dims, "dilation")
+    return k, as_tuple(stride, dims, "stride"), resolve_padding(padding, k, dl), dl
 
 
 class _ConvMixin:
@@ -29,9 +31,9 @@ class _ConvMixin:
 
     weight: torch.Tensor
     bias: torch.Tensor | None
-    stride: tuple[int, ...]
-    padding: tuple[int, ...]
-    dilation: tuple[int, ...]
+    stride: Any
+    padding: Any
+    dilation: Any
     groups: int
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -45,8 +47,8 @@ class Conv1d(_ConvMixin, nn.Conv1d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Size, stride: Size = 1,
                  padding: Size | str = 0, dilation: Size = 1, groups: int = 1,
                  bias: bool = True) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride,
-                         _padding(padding, kernel_size, dilation, 1), dilation, groups, bias)
+        k, s, p, dl = _conv_args(1, kernel_size, stride, padding, dilation)
+        super().__init__(in_channels, out_channels, k, s, p, dl, groups, bias)
 
 
 class Conv2d(_ConvMixin, nn.Conv2d):
@@ -59,8 +61,8 @@ class Conv2d(_ConvMixin, nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Size, stride: Size = 1,
                  padding: Size | str = 0, dilation: Size = 1, groups: int = 1,
                  bias: bool = True) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride,
-                         _padding(padding, kernel_size, dilation, 2), dilation, groups, bias)
+        k, s, p, dl = _conv_args(2, kernel_size, stride, padding, dilation)
+        super().__init__(in_channels, out_channels, k, s, p, dl, groups, bias)
 
 
 class Conv3d(_ConvMixin, nn.Conv3d):
@@ -69,17 +71,17 @@ class Conv3d(_ConvMixin, nn.Conv3d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Size, stride: Size = 1,
                  padding: Size | str = 0, dilation: Size = 1, groups: int = 1,
                  bias: bool = True) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride,
-                         _padding(padding, kernel_size, dilation, 3), dilation, groups, bias)
+        k, s, p, dl = _conv_args(3, kernel_size, stride, padding, dilation)
+        super().__init__(in_channels, out_channels, k, s, p, dl, groups, bias)
 
 
 class _ConvTransposeMixin:
     weight: torch.Tensor
     bias: torch.Tensor | None
-    stride: tuple[int, ...]
-    padding: tuple[int, ...]
-    output_padding: tuple[int, ...]
-    dilation: tuple[int, ...]
+    stride: Any
+    padding: Any
+    output_padding: Any
+    dilation: Any
     groups: int
 
     def forward(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:

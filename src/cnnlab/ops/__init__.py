@@ -238,6 +238,10 @@ def max_pool(x: torch.Tensor, kernel: IntOrTuple, stride: IntOrTuple | None = ..
 def max_pool(x: torch.Tensor, kernel: IntOrTuple, stride: IntOrTuple | None = ...,
              padding: IntOrTuple = ..., dilation: IntOrTuple = ..., ceil_mode: bool = ...,
              *, return_switches: Literal[True]) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def max_pool(x: torch.Tensor, kernel: IntOrTuple, stride: IntOrTuple | None = ...,
+             padding: IntOrTuple = ..., dilation: IntOrTuple = ..., ceil_mode: bool = ...,
+             return_switches: bool = ...) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 def max_pool(x: torch.Tensor, kernel: IntOrTuple, stride: IntOrTuple | None = None,
              padding: IntOrTuple = 0, dilation: IntOrTuple = 1, ceil_mode: bool = False,
              return_switches: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:

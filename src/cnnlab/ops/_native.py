@@ -30,8 +30,9 @@ def conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 def max_pool(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...],
              padding: tuple[int, ...], dilation: tuple[int, ...], ceil_mode: bool,
              return_switches: bool) -> Any:
-    return _MAX[x.dim() - 2](x, kernel, stride, padding, dilation, ceil_mode=ceil_mode,
-                             return_indices=return_switches)
+    pool: Any = _MAX[x.dim() - 2]
+    return pool(x, kernel, stride, padding, dilation, ceil_mode=ceil_mode,
+                return_indices=return_switches)
 
 
 def avg_pool(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...],
@@ -44,12 +45,16 @@ def max_unpool(y: torch.Tensor, switches: torch.Tensor, output_size: tuple[int, 
     # PyTorch only uses kernel and stride to check output_size against its default size;
     # stride 1 and kernel out - in + 1 make that default exactly output_size
     kernel = tuple(max(o - i + 1, 1) for o, i in zip(output_size, y.shape[2:]))
-    return _UNPOOL[y.dim() - 2](y, switches, kernel, 1, 0, output_size=output_size)
+    d = y.dim() - 2
+    return _UNPOOL[d](y, switches, kernel, (1,) * d, (0,) * d, output_size=output_size)
 
 
 def lrn(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
     # 8.2.8: Eq. 8.2 does not divide alpha by the window size; PyTorch does, so undo it.
-    return F.local_response_norm(x, size, alpha=alpha * size, beta=beta, k=k)
+    flat = x.dim() == 2  # (N, C): PyTorch wants a spatial dim
+    y = F.local_response_norm(x.unsqueeze(-1) if flat else x, size, alpha=alpha * size,
+                              beta=beta, k=k)
+    return y.squeeze(-1) if flat else y
 
 
 class _RuleReLU(torch.autograd.Function):
