@@ -29,12 +29,19 @@ def _conv_args(dims: int, kernel_size: Size, stride: Size, padding: Size | str,
 class _ConvMixin:
     """Forward through cnnlab.ops.conv; accepts the chapter's 'valid' / 'half' / 'full' padding."""
 
+    _dims: int
     weight: torch.Tensor
     bias: torch.Tensor | None
     stride: Any
     padding: Any
     dilation: Any
     groups: int
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Size, stride: Size = 1,
+                 padding: Size | str = 0, dilation: Size = 1, groups: int = 1,
+                 bias: bool = True) -> None:
+        k, s, p, dl = _conv_args(self._dims, kernel_size, stride, padding, dilation)
+        super().__init__(in_channels, out_channels, k, s, p, dl, groups, bias)  # type: ignore[call-arg]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
@@ -44,11 +51,7 @@ class _ConvMixin:
 class Conv1d(_ConvMixin, nn.Conv1d):
     """1-D convolution (text, 8.6.4). ``padding`` may be an int or 'valid' / 'half' / 'full'."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: Size, stride: Size = 1,
-                 padding: Size | str = 0, dilation: Size = 1, groups: int = 1,
-                 bias: bool = True) -> None:
-        k, s, p, dl = _conv_args(1, kernel_size, stride, padding, dilation)
-        super().__init__(in_channels, out_channels, k, s, p, dl, groups, bias)
+    _dims = 1
 
 
 class Conv2d(_ConvMixin, nn.Conv2d):
@@ -58,21 +61,13 @@ class Conv2d(_ConvMixin, nn.Conv2d):
     torch.Size([1, 5, 28, 28])
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: Size, stride: Size = 1,
-                 padding: Size | str = 0, dilation: Size = 1, groups: int = 1,
-                 bias: bool = True) -> None:
-        k, s, p, dl = _conv_args(2, kernel_size, stride, padding, dilation)
-        super().__init__(in_channels, out_channels, k, s, p, dl, groups, bias)
+    _dims = 2
 
 
 class Conv3d(_ConvMixin, nn.Conv3d):
     """3-D convolution (video, 8.6.5). ``padding`` may be an int, a triple or a padding name."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: Size, stride: Size = 1,
-                 padding: Size | str = 0, dilation: Size = 1, groups: int = 1,
-                 bias: bool = True) -> None:
-        k, s, p, dl = _conv_args(3, kernel_size, stride, padding, dilation)
-        super().__init__(in_channels, out_channels, k, s, p, dl, groups, bias)
+    _dims = 3
 
 
 class _ConvTransposeMixin:

@@ -51,18 +51,23 @@ _relu_rule: contextvars.ContextVar[str] = contextvars.ContextVar("cnnlab_relu", 
 
 
 @contextlib.contextmanager
-def kernels(name: KernelName) -> Iterator[None]:
+def _scoped(var: contextvars.ContextVar[str], value: str) -> Iterator[None]:
+    """Set ``var`` for the block; restore the previous value on exit, also on error."""
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        var.reset(token)
+
+
+def kernels(name: KernelName) -> contextlib.AbstractContextManager[None]:
     """Run every cnnlab operation inside the block on ``"native"`` or ``"reference"`` kernels.
 
     The previous choice is restored on exit, also when the block raises.
     """
     if name not in _KERNELS:
         raise ValueError(f"unknown kernel {name!r}: use 'native' or 'reference'")
-    token = _kernel.set(name)
-    try:
-        yield
-    finally:
-        _kernel.reset(token)
+    return _scoped(_kernel, name)
 
 
 def current_kernel() -> str:
@@ -70,8 +75,7 @@ def current_kernel() -> str:
     return _kernel.get()
 
 
-@contextlib.contextmanager
-def relu_backward(rule: ReluRule) -> Iterator[None]:
+def relu_backward(rule: ReluRule) -> contextlib.AbstractContextManager[None]:
     """Choose how :func:`relu` passes gradients back (Fig. 8.14), for ReLUs run inside the block.
 
     - ``"backprop"``: the true gradient, g * [x > 0];
@@ -82,11 +86,7 @@ def relu_backward(rule: ReluRule) -> Iterator[None]:
     """
     if rule not in _RELU_RULES:
         raise ValueError(f"unknown ReLU backward rule {rule!r}: use one of {', '.join(_RELU_RULES)}")
-    token = _relu_rule.set(rule)
-    try:
-        yield
-    finally:
-        _relu_rule.reset(token)
+    return _scoped(_relu_rule, rule)
 
 
 def current_relu_backward() -> str:
