@@ -32,6 +32,13 @@ def test_summary_of_lenet5_shows_60000_trainable_parameters(capsys):
     assert "28×28×6" in out and "5×5×16" in out
 
 
+def test_strict_mode_accepts_strides_that_fit_exercise_3(capsys):
+    # 13x13x64 volume, 3x3x64 filter, no padding: (13 - 3) / S is whole for S = 2 and 5 only
+    for stride, ok in ((2, True), (3, False), (4, False), (5, True)):
+        code, _, err = run(capsys, "summary", f"C3D64s{stride}p0", "--input", "64x13x13", "--strict")
+        assert (code == 0) == ok, (stride, err)
+
+
 def test_summary_of_a_spec_as_json(capsys):
     code, out, _ = run(capsys, "summary", "C5D6p0 R P C5D16p0 R P F120 R F84 R F10",
                        "--input", "1x32x32", "--json")
@@ -45,6 +52,7 @@ def test_summary_of_a_spec_as_json(capsys):
     (["summary", "C5D6 Q", "--input", "1x32x32"], "token 'Q'"),
     (["summary", "lenet5", "--input", "1x32"], "does not fit"),
     (["summary", "lenet5", "--input", "axb"], "is not a shape"),
+    (["summary", "C3D64s3p0", "--input", "64x13x13", "--strict"], "stride"),
     (["train", "lenet7", "--epochs", "1"], "unknown model 'lenet7'"),
     (["train", "lenet5", "--epochs", "0"], "epochs must be"),
     (["train", "lenet5", "--data", "mnist", "--data-dir", "/nonexistent/dir"], "does not exist"),

@@ -67,7 +67,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _model_or_spec(target: str, input_shape: tuple[int, ...] | None,
-                   num_classes: int | None) -> tuple[Any, tuple[int, ...]]:
+                   num_classes: int | None, strict: bool = False) -> tuple[Any, tuple[int, ...]]:
     from cnnlab import models, spec
 
     if target in models.names():
@@ -81,14 +81,14 @@ def _model_or_spec(target: str, input_shape: tuple[int, ...] | None,
         raise CnnlabError(f"{target!r} is not a model name, so it is read as a network in the "
                           "chapter's notation, which needs --input CxHxW; run `cnnlab models` "
                           "for the model names")
-    return spec.build(target, input_shape, num_classes=num_classes), input_shape
+    return spec.build(target, input_shape, num_classes=num_classes, strict=strict), input_shape
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from cnnlab import inspect
 
     shape = parse_shape(args.input) if args.input else None
-    model, shape = _model_or_spec(args.target, shape, args.num_classes)
+    model, shape = _model_or_spec(args.target, shape, args.num_classes, args.strict)
     summary = inspect.summarize(model, shape)
     print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.to_text())
     return 0
@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", metavar="CxHxW", help="input shape (default: the model's own)")
     p.add_argument("--num-classes", type=int, help="output classes (default 10, or 1000 for "
                    "ImageNet-sized models)")
+    p.add_argument("--strict", action="store_true", help="refuse a stride that does not divide "
+                   "L + 2P - F exactly (exercise 3 of 8.9)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_summary)
 
