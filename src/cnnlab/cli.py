@@ -158,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "from the defaults.",
                        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model name (see `cnnlab models`)")
-    p.add_argument("--data", help="data set: digits (embedded, default), mnist, fashion-mnist")
+    p.add_argument("--data", help="data set: digits (embedded, default), mnist, fashion-mnist, "
+                   "cifar10, cifar100, or folder (ROOT/train/<class>/, ROOT/test/<class>/ "
+                   "given as --data-dir ROOT)")
     p.add_argument("--data-dir", help="folder with the data files (default: $CNNLAB_DATA, "
                    "else ~/.cache/cnnlab)")
     p.add_argument("--epochs", type=int, help="passes over the training set")
@@ -186,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("download", help="fetch a data set from its publisher, checksums verified")
-    p.add_argument("name", choices=["mnist", "fashion-mnist"])
+    p.add_argument("name", choices=["mnist", "fashion-mnist", "cifar10", "cifar100"])
     p.add_argument("--data-dir", help="where to put it (default: $CNNLAB_DATA, else ~/.cache/cnnlab)")
     p.set_defaults(func=cmd_download)
     return parser

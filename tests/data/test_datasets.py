@@ -9,9 +9,11 @@ from cnnlab.errors import DataError, ShapeError
 
 
 def test_registry_lists_the_sets():
-    assert names() == ["digits", "fashion-mnist", "mnist"]
+    assert names() == ["cifar10", "cifar100", "digits", "fashion-mnist", "mnist"]
     for entry in DATASETS.values():
-        assert len(entry.classes) == 10 and len(entry.mean) == entry.shape[0]
+        assert len(entry.classes) == (100 if entry.name == "cifar100" else 10)
+        assert len(set(entry.classes)) == len(entry.classes)
+        assert len(entry.mean) == len(entry.std) == entry.shape[0]
         for split, pair in entry.files.items():
             assert split in ("train", "test") and len(pair) == 2
             assert all(len(f.sha256) == 64 and len(f.md5) == 32 for f in pair)
@@ -19,7 +21,7 @@ def test_registry_lists_the_sets():
 
 def test_unknown_name_lists_near_matches():
     with pytest.raises(DataError, match=r"unknown data set 'mnsit': did you mean 'mnist'\? "
-                                        r"known data sets are digits, fashion-mnist, mnist"):
+                                        r"known data sets are cifar10, cifar100, digits, fashion-mnist, mnist"):
         load("mnsit", "train")
     with pytest.raises(DataError, match="unknown split 'val': use 'train' or 'test'"):
         load("digits", "val")

@@ -11,11 +11,13 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from cnnlab.data._download import download as fetch
+from cnnlab.data.cifar import find_split
 from cnnlab.data.files import ChecksumError, candidates, locate, resolve_data_dir
 from cnnlab.data.registry import DatasetInfo, info, owner_of
 from cnnlab.errors import DataError, ShapeError
 
 SPLITS = ("train", "test")
+FOLDER = "folder"   # load(FOLDER, split, data_dir=ROOT): an image folder, not a registry entry
 
 
 class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -113,6 +115,18 @@ def _data_folder(entry: DatasetInfo, split: str, data_dir: str | os.PathLike[str
         raise DataError(f"data directory {str(root)!r} (from {given}) does not exist; "
                         "point it at the folder that holds the data set, or run "
                         f"`cnnlab download {entry.name} --data-dir {root}` to fetch it there")
+    if entry.archives:
+        if find_split(entry, split, root) is None:
+            if not download:
+                first = entry.archives[0]
+                raise DataError(
+                    f"{entry.name} {split} files missing: none of "
+                    f"{', '.join(a.folder + '/' for a in entry.archives)} under {root} holds "
+                    f"them; run `cnnlab download {entry.name}` (download=True in Python), or "
+                    f"fetch {first.url} and unpack it into {root}, or point "
+                    "--data-dir/CNNLAB_DATA at a copy")
+            fetch(entry.name, root)
+        return root
     missing = [f.name for f in entry.files[split] if locate(root, f.name, entry.folders) is None]
     if missing and download:
         fetch(entry.name, root)
@@ -135,12 +149,21 @@ def load(name: str, split: str = "train", data_dir: str | os.PathLike[str] | Non
     against the published checksums). ``size``: resize for a model, e.g. ``32`` pads MNIST's
     28x28 digits to LeNet-5's 32x32 field; other sizes are resampled bilinearly.
     ``download``: fetch missing files from the publishers first.
+    ``"cifar10"``/``"cifar100"`` read the python or the binary batches; ``"folder"`` reads
+    one sub-folder per class from ``data_dir`` (see :func:`load_folder`).
 
     >>> ds = load("digits", "test", size=32)
     >>> ds
     ImageDataset('digits', split='test', n=360, shape=1x32x32, classes=10)
     >>> image, label = ds[0]
     """
+    if name == FOLDER:
+        from cnnlab.data.folder import load_folder  # folder.py builds on this module
+
+        if data_dir is None or download:
+            raise DataError("load('folder', ...) reads images from data_dir=ROOT (ROOT/train/"
+                            "<class>/*.png, ROOT/test/<class>/...) and cannot download")
+        return load_folder(data_dir, split, size=size)
     entry = info(name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: use 'train' or 'test'")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from cnnlab.data.cifar import read_cifar_split
 from cnnlab.data.digits import read_digits_split
 from cnnlab.data.idx import read_idx_split
 from cnnlab.errors import DataError
@@ -28,6 +29,19 @@ class FileInfo:
     name: str
     sha256: str   # of the official .gz
     md5: str      # of the uncompressed file, as published
+
+
+@dataclass(frozen=True)
+class Archive:
+    """One published tarball, unpacked to ``folder/``; ``layout`` says how its files are read
+    (``"python"``: pickled batches; ``"binary"``: fixed-size records)."""
+
+    name: str                  # e.g. "cifar-10-python.tar.gz"
+    url: str
+    md5: str                   # of the tarball, as published
+    folder: str                # the top folder it unpacks to
+    layout: str
+    members: Mapping[str, tuple[tuple[str, str], ...]]   # split -> ((file, md5 or ""), ...)
 
 
 @dataclass(frozen=True)
@@ -46,11 +60,12 @@ class DatasetInfo:
     folders: tuple[str, ...] = ()              # sub-folders of the data folder to look in
     pad_to: tuple[int, int] | None = None      # size reached by zero padding, not resampling
     source: str = ""                           # publisher and citation
+    archives: tuple[Archive, ...] = ()         # tarballs (CIFAR); any one layout suffices
 
     @property
     def embedded(self) -> bool:
         """True when the data ships with a dependency and needs no data folder."""
-        return not self.files
+        return not self.files and not self.archives
 
     def all_files(self) -> list[FileInfo]:
         return [f for pair in self.files.values() for f in pair]
@@ -65,6 +80,27 @@ def _idx_files(sha256: tuple[str, str, str, str], md5: tuple[str, str, str, str]
 
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
+# CIFAR-100's fine labels, in label order (alphabetical), as in its ``meta`` file
+CIFAR100_CLASSES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
+    "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar",
+    "cattle", "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile",
+    "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster",
+    "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster",
+    "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange",
+    "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy",
+    "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal",
+    "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar",
+    "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman",
+    "worm",
+)
+_KRIZ = "https://www.cs.toronto.edu/~kriz/"
+_CIFAR10_TRAIN = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
+                  "data_batch_5")
 
 _DATASETS = [
     DatasetInfo(
@@ -110,6 +146,51 @@ _DATASETS = [
         folders=("fashion-mnist", "FashionMNIST/raw"),
         pad_to=(32, 32),
         source="Xiao, Rasul and Vollgraf, arXiv:1708.07747 (MIT licence)",
+    ),
+    DatasetInfo(
+        name="cifar10",
+        summary="CIFAR-10, 50,000 + 10,000 32x32 colour images in 10 classes",
+        classes=CIFAR10_CLASSES, shape=(3, 32, 32),
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+        reader=read_cifar_split,
+        folders=("cifar10",),
+        archives=(
+            # per-file md5s as torchvision lists them; the publisher gives only the tarball's
+            Archive("cifar-10-python.tar.gz", _KRIZ + "cifar-10-python.tar.gz",
+                    md5="c58f30108f718f92721af3b95e74349a", folder="cifar-10-batches-py",
+                    layout="python", members={
+                        "train": tuple(zip(_CIFAR10_TRAIN, (
+                            "c99cafc152244af753f735de768cd75f", "d4bba439e000b95fd0a9bffe97cbabec",
+                            "54ebc095f3ab1f0389bbae665268c751", "634d18415352ddfa80567beed471001a",
+                            "482c414d41f54cd18b22e5b47cb7c3cb"), strict=True)),
+                        "test": (("test_batch", "40351d587109b95175f43aff81a1287e"),)}),
+            Archive("cifar-10-binary.tar.gz", _KRIZ + "cifar-10-binary.tar.gz",
+                    md5="c32a1d4ab5d03f1284b67883e8d87530", folder="cifar-10-batches-bin",
+                    layout="binary", members={
+                        "train": tuple((f + ".bin", "") for f in _CIFAR10_TRAIN),
+                        "test": (("test_batch.bin", ""),)}),
+        ),
+        source="Krizhevsky, Learning Multiple Layers of Features from Tiny Images, 2009",
+    ),
+    DatasetInfo(
+        name="cifar100",
+        summary="CIFAR-100, 50,000 + 10,000 32x32 colour images in 100 classes (fine labels)",
+        classes=CIFAR100_CLASSES, shape=(3, 32, 32),
+        mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
+        reader=read_cifar_split,
+        folders=("cifar100",),
+        archives=(
+            Archive("cifar-100-python.tar.gz", _KRIZ + "cifar-100-python.tar.gz",
+                    md5="eb9058c3a382ffc7106e4002c42a8d85", folder="cifar-100-python",
+                    layout="python", members={
+                        "train": (("train", "16019d7e3df5f24257cddd939b257f8d"),),
+                        "test": (("test", "f0ef6b0ae62326f3e7ffdfab6717acfc"),)}),
+            Archive("cifar-100-binary.tar.gz", _KRIZ + "cifar-100-binary.tar.gz",
+                    md5="03b5dce01913d631647c71ecec9e9cb8", folder="cifar-100-binary",
+                    layout="binary", members={"train": (("train.bin", ""),),
+                                              "test": (("test.bin", ""),)}),
+        ),
+        source="Krizhevsky, Learning Multiple Layers of Features from Tiny Images, 2009",
     ),
 ]
 

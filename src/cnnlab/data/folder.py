@@ -1,0 +1,140 @@
+"""Image folders: one sub-folder per class, any image size and mode, read with Pillow.
+
+Layout (torchvision's ``ImageFolder``, with the split as the top folder)::
+
+    ROOT/train/<class>/<image>.png|jpg|...
+    ROOT/test/<class>/<image>...
+
+The classes are the sub-folders of ``ROOT/train``, sorted by name; label ``i`` is the
+``i``-th. ``ROOT/test`` may lack classes but may not add any. There is no random split of a
+single folder: a fixed split on disk is what a user can inspect and what a paper reports.
+Files whose suffix is not an image type, and hidden files, are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cnnlab.data.datasets import SPLITS, ImageDataset, _as_size
+from cnnlab.errors import DataError
+
+SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                      ".ppm", ".pgm", ".pbm"})
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+MODES = ("RGB", "L")
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUFFIXES
+
+
+def scan(split_dir: Path) -> tuple[list[str], list[tuple[Path, str]]]:
+    """The class names (sorted sub-folders) and every (image path, class name), in order."""
+    if not split_dir.is_dir():
+        raise DataError(f"image folder {split_dir} does not exist; an image folder data set "
+                        "needs ROOT/train/<class>/ and ROOT/test/<class>/ sub-folders")
+    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir()
+                     and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{split_dir} has no class sub-folders; put each class's images in "
+                        f"{split_dir}/<class name>/")
+    items = [(p, c) for c in classes for p in sorted((split_dir / c).iterdir()) if _is_image(p)]
+    return classes, items
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy()
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"cannot read image {path} ({err}); delete or replace the file") from None
+
+
+def _read(items: Sequence[tuple[Path, str]], mode: str, size: tuple[int, int] | None
+          ) -> torch.Tensor:
+    arrays, first = [], None
+    for path, _ in items:
+        img = _open(path)
+        img = img.convert("L" if img.mode in GREY_MODES else "RGB").convert(mode)
+        if size is not None and img.size != (size[1], size[0]):
+            img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        if first is None:
+            first = (path, img.size)
+        elif img.size != first[1]:
+            raise DataError(f"{path} is {img.size[0]}x{img.size[1]} but {first[0]} is "
+                            f"{first[1][0]}x{first[1][1]} (width x height); pass size= to "
+                            "resize every image, e.g. size=32")
+        arrays.append(np.asarray(img, dtype=np.uint8))
+    x = torch.from_numpy(np.stack(arrays))                       # N x H x W (x 3)
+    x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)  # N x C x H x W
+    return x.float().div_(255).contiguous()
+
+
+def _auto_mode(items: Sequence[tuple[Path, str]]) -> str:
+    """"L" when every image is greyscale (read from the headers only), else "RGB"."""
+    for path, _ in items:
+        try:
+            with Image.open(path) as img:
+                if img.mode not in GREY_MODES:
+                    return "RGB"
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise DataError(f"cannot read image {path} ({err}); delete or replace the "
+                            "file") from None
+    return "L"
+
+
+def load_folder(root: str | os.PathLike[str], split: str = "train",
+                size: int | Sequence[int] | None = None, mode: str | None = None
+                ) -> ImageDataset:
+    """Load ``ROOT/<split>/<class>/*`` as an :class:`ImageDataset`.
+
+    ``size``: resize every image (bilinear) to ``size`` (int or (height, width)); without it
+    every image must already have the same size. ``mode``: ``"RGB"`` or ``"L"``; by default
+    ``"L"`` when every training image is greyscale, else ``"RGB"``. ``mean``/``std`` are
+    computed over the training split at the loaded size, so loading ``"test"`` also reads
+    ``ROOT/train``.
+
+    >>> load_folder("pets", "train", size=64).classes      # doctest: +SKIP
+    ('cat', 'dog')
+    """
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
+    if mode is not None and mode not in MODES:
+        raise DataError(f"mode must be 'RGB' or 'L' (or None to choose), got {mode!r}")
+    hw = None if size is None else _as_size(size)
+    base = Path(root).expanduser()
+    classes, train_items = scan(base / "train")
+    empty = [c for c in classes if not any(c == k for _, k in train_items)]
+    if empty:
+        raise DataError(f"class folder {base / 'train' / empty[0]} holds no images "
+                        f"(suffixes {', '.join(sorted(SUFFIXES))}); add some or remove it")
+    mode = mode or _auto_mode(train_items)
+    train_x = _read(train_items, mode, hw)
+    mean, std = train_x.mean(dim=(0, 2, 3)), train_x.std(dim=(0, 2, 3), correction=0)
+    if split == "train":
+        x, names = train_x, [c for _, c in train_items]
+    else:
+        test_classes, test_items = scan(base / "test")
+        extra = sorted(set(test_classes) - set(classes))
+        if extra:
+            raise DataError(f"{base / 'test'} has classes not in {base / 'train'}: "
+                            f"{', '.join(extra)}; every test class needs training images")
+        if not test_items:
+            raise DataError(f"{base / 'test'} holds no images")
+        x = _read(test_items, mode, hw)
+        if x.shape[-2:] != train_x.shape[-2:]:
+            raise DataError(f"{base / 'test'} images are {x.shape[-1]}x{x.shape[-2]} but "
+                            f"training images are {train_x.shape[-1]}x{train_x.shape[-2]} "
+                            "(width x height); pass size= to resize both")
+        names = [c for _, c in test_items]
+    index = {c: i for i, c in enumerate(classes)}
+    labels = torch.tensor([index[c] for c in names], dtype=torch.int64)
+    return ImageDataset(x, labels, name="folder", split=split, classes=classes,
+                        mean=mean.tolist(), std=std.clamp_min(1e-6).tolist())
