@@ -41,6 +41,11 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _default_classes(input_shape: Sequence[int]) -> int:
+    """1000 for ImageNet-size models (their published heads), 10 for small-image ones."""
+    return 1000 if input_shape[-1] >= 64 else 10
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     import torch
 
@@ -50,7 +55,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name in models.names():
         entry = models.info(name)
         with torch.device("meta"):  # count parameters without allocating them
-            model = models.create(name)
+            model = models.create(name, num_classes=_default_classes(entry.input_shape))
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         rows.append({"name": name, "params": params, "input": "x".join(map(str, entry.input_shape)),
                      "section": entry.section, "summary": entry.summary,
@@ -73,8 +78,7 @@ def _model_or_spec(target: str, input_shape: tuple[int, ...] | None,
     if target in models.names():
         entry = models.info(target)
         shape = input_shape or entry.input_shape
-        default_classes = 1000 if entry.input_shape[-1] >= 64 else 10  # ImageNet vs digits
-        model = models.create(target, num_classes=num_classes or default_classes,
+        model = models.create(target, num_classes=num_classes or _default_classes(shape),
                               in_channels=shape[0])
         return model, shape
     if input_shape is None:
@@ -135,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="run `cnnlab COMMAND --help` for a command's options")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("models", help="list the model zoo with parameter counts")
+    p = sub.add_parser("models", help="list the model zoo with parameter counts",
+                       description="List every model: trainable parameters (with 1000 classes "
+                       "for ImageNet-size models, 10 otherwise), default input, chapter section.")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_models)
 

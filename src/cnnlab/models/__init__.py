@@ -3,8 +3,9 @@
 Importing a family module registers its models.
 """
 
-from cnnlab.models import lenet
+from cnnlab.models import alexnet, lenet, vgg
 from cnnlab.models._base import Classifier
 from cnnlab.models._registry import ModelInfo, create, info, names, register
 
-__all__ = ["Classifier", "ModelInfo", "create", "info", "lenet", "names", "register"]
+__all__ = ["Classifier", "ModelInfo", "alexnet", "create", "info", "lenet", "names", "register",
+           "vgg"]

@@ -2,6 +2,7 @@
 
 from cnnlab.nn.layers import (
     LRN,
+    AdaptiveAvgPool2d,
     AvgPool1d,
     AvgPool2d,
     AvgPool3d,
@@ -26,7 +27,7 @@ from cnnlab.nn.layers import (
 from cnnlab.nn.lenet import RBF, PartialConv2d, Squash, Subsampling, rbf_map_loss
 
 __all__ = [
-    "LRN", "RBF", "AvgPool1d", "AvgPool2d", "AvgPool3d", "Conv1d", "Conv2d", "Conv3d",
+    "LRN", "RBF", "AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "AvgPool3d", "Conv1d", "Conv2d", "Conv3d",
     "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Dropout", "Flatten",
     "GlobalAvgPool", "Linear", "MaxPool1d", "MaxPool2d", "MaxPool3d", "MaxUnpool1d",
     "MaxUnpool2d", "MaxUnpool3d", "PartialConv2d", "ReLU", "Squash", "Subsampling",

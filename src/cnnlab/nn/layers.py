@@ -173,6 +173,36 @@ class MaxUnpool3d(_MaxUnpoolMixin, nn.MaxUnpool3d):
     """Places pooled values back at their switches (8.5.2), 3-D."""
 
 
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """torchvision's ``avgpool`` (before the classifier of AlexNet and VGG) on cnnlab.ops.
+
+    At the native input size the last volume already has the output size (6x6, 7x7) and this
+    is the identity. At other sizes it averages torch's adaptive windows (output row i covers
+    input rows floor(i*H/h) .. ceil((i+1)*H/h) - 1), written as one averaging matrix per axis
+    applied with ``ops.linear``, so it runs on both kernels and equals torch's result.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = self.output_size
+        oh, ow = size if isinstance(size, tuple) else (size, size)
+        h, w = x.shape[-2:]
+        oh, ow = oh or h, ow or w
+        if (h, w) == (oh, ow):
+            return x
+        x = ops.linear(x, _averaging(w, ow, x))                        # N x C x H x ow
+        x = ops.linear(x.transpose(-1, -2), _averaging(h, oh, x))      # N x C x ow x oh
+        return x.transpose(-1, -2)                                     # N x C x oh x ow
+
+
+def _averaging(n: int, out: int, like: torch.Tensor) -> torch.Tensor:
+    """(out, n): row i averages torch's adaptive window i of a length-n axis."""
+    m = torch.zeros(out, n, dtype=like.dtype, device=like.device)
+    for i in range(out):
+        start, end = i * n // out, -(-(i + 1) * n // out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
 class GlobalAvgPool(nn.Module):
     """Average each feature map over its whole spatial extent (8.2.6, GoogLeNet):
     (N, C, *spatial) -> (N, C), or (N, C, 1, ..., 1) with ``flatten=False``."""
