@@ -4,13 +4,11 @@ safe tar extraction; archive download from a local server."""
 import dataclasses
 import functools
 import hashlib
-import http.server
 import io
 import os
 import pickle
 import struct
 import tarfile
-import threading
 
 import numpy as np
 import pytest
@@ -267,24 +265,6 @@ def test_safe_extract_unpacks_plain_members(tmp_path):
     (tmp_path / "broken.tar.gz").write_bytes(tar.read_bytes()[:30])
     with pytest.raises(DataError, match="broken.tar.gz: cannot unpack"):
         safe_extract(tmp_path / "broken.tar.gz", tmp_path / "out2")
-
-
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}/"
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def test_download_checks_md5_then_unpacks(server, tmp_path, monkeypatch):

@@ -1,10 +1,7 @@
 """``download`` against a local HTTP server: checksum before rename, mirrors in order."""
 
-import functools
 import gzip
 import hashlib
-import http.server
-import threading
 from pathlib import Path
 
 import pytest
@@ -17,25 +14,6 @@ from cnnlab.errors import DataError
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 if not SHARED.is_dir():
     SHARED = Path("/work/shared/data")
-
-
-@pytest.fixture
-def server(tmp_path):
-    """A quiet HTTP server on localhost serving ``tmp_path / "www"``."""
-    root = tmp_path / "www"
-    root.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}/"
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def tiny_set(payload: bytes) -> tuple[DatasetInfo, bytes]:
