@@ -38,7 +38,7 @@ from torch import nn
 from cnnlab import nn as cnn
 from cnnlab.errors import ShapeError, SpecError
 from cnnlab.inspect import volume
-from cnnlab.ops._shapes import conv_output_length, resolve_padding
+from cnnlab.ops._shapes import as_tuple, conv_output_length, resolve_padding
 
 __all__ = ["SoftmaxOutput", "SpecNet", "Token", "build", "parse", "to_spec"]
 
@@ -536,17 +536,13 @@ def _dims_of(m: nn.Module) -> int | None:
     return None
 
 
-def _tup(value: int | Sequence[int], dims: int) -> tuple[int, ...]:
-    return (value,) * dims if isinstance(value, int) else tuple(value)
-
-
 def _conv_token(m: nn.Conv1d | nn.Conv2d | nn.Conv3d, dims: int, fail: str) -> str:
     if m.bias is None:
         raise SpecError(f"{fail}: the notation's convolutions have a bias; use bias=True")
     if m.padding_mode != "zeros":
         raise SpecError(f"{fail}: the notation pads with zeros only, got padding_mode="
                         f"{m.padding_mode!r}")
-    kernel, dilation = tuple(m.weight.shape[2:]), _tup(m.dilation, dims)
+    kernel, dilation = tuple(m.weight.shape[2:]), as_tuple(m.dilation, dims, "dilation")
     default = tuple(d * (k - 1) // 2 if d * (k - 1) % 2 == 0 else 0
                     for k, d in zip(kernel, dilation))
     if isinstance(m.padding, str):
@@ -558,10 +554,11 @@ def _conv_token(m: nn.Conv1d | nn.Conv2d | nn.Conv3d, dims: int, fail: str) -> s
         else:
             padding = default
     else:
-        padding = _tup(m.padding, dims)
+        padding = as_tuple(m.padding, dims, "padding")
     text = f"C{_join(kernel)}D{m.out_channels}"
-    if _tup(m.stride, dims) != (1,) * dims:
-        text += f"s{_join(_tup(m.stride, dims))}"
+    stride = as_tuple(m.stride, dims, "stride")
+    if stride != (1,) * dims:
+        text += f"s{_join(stride)}"
     if padding != default:
         text += f"p{_join(padding)}"
     if m.groups != 1:
@@ -574,18 +571,18 @@ def _conv_token(m: nn.Conv1d | nn.Conv2d | nn.Conv3d, dims: int, fail: str) -> s
 def _pool_token(m: Any, dims: int, fail: str) -> str:
     if isinstance(m, nn.MaxPool1d | nn.MaxPool2d | nn.MaxPool3d):
         letter = "M"
-        if _tup(m.dilation, dims) != (1,) * dims or m.return_indices:
+        if as_tuple(m.dilation, dims, "dilation") != (1,) * dims or m.return_indices:
             raise SpecError(f"{fail}: the notation's max pools have no dilation and return no "
                             "switches")
     else:
         letter = "A"
-        padded = _tup(m.padding, dims) != (0,) * dims
+        padded = as_tuple(m.padding, dims, "padding") != (0,) * dims
         if getattr(m, "divisor_override", None) or (padded and not m.count_include_pad):
             raise SpecError(f"{fail}: the notation's average pools divide by the full window "
                             "(count_include_pad=True, no divisor_override)")
-    kernel = _tup(m.kernel_size, dims)
-    stride = _tup(m.stride, dims) if m.stride is not None else kernel
-    padding = _tup(m.padding, dims)
+    kernel = as_tuple(m.kernel_size, dims, "kernel_size")
+    stride = as_tuple(m.stride, dims, "stride") if m.stride is not None else kernel
+    padding = as_tuple(m.padding, dims, "padding")
     text = letter if kernel == (2,) * dims else f"{letter}{_join(kernel)}"
     if stride != kernel:
         text += f"s{_join(stride)}"
