@@ -1,11 +1,18 @@
 """The model zoo: ``create(name, num_classes=..., in_channels=...)`` and ``names()``.
 
-Importing a family module registers its models.
+Each family lives in its own module here (``alexnet``, ``resnet``, ...); importing the package
+imports every family module, which registers its models.
 """
 
-from cnnlab.models import alexnet, lenet, vgg
+import importlib
+import pkgutil
+
 from cnnlab.models._base import Classifier
 from cnnlab.models._registry import ModelInfo, create, info, names, register
 
-__all__ = ["Classifier", "ModelInfo", "alexnet", "create", "info", "lenet", "names", "register",
-           "vgg"]
+# every public module of this package is a family: a new file registers itself
+FAMILIES = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+for _family in FAMILIES:
+    importlib.import_module(f"{__name__}.{_family}")
+
+__all__ = ["FAMILIES", "Classifier", "ModelInfo", "create", "info", "names", "register"]
