@@ -23,6 +23,9 @@ class Classifier(nn.Module):
     num_classes: int
     # the chapter's names for layers ("conv1", "fc7", "c3") -> module paths inside the model
     chapter_layers: ClassVar[dict[str, str]] = {}
+    # True where training skips whole parts at random (stochastic depth, drop-path): a
+    # training step may then leave some parameters without a gradient
+    stochastic_paths: ClassVar[bool] = False
 
     def layer(self, name: str) -> nn.Module:
         """A layer by the chapter's name (``"fc7"``) or by its module path (``"head.f6"``)."""
