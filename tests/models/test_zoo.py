@@ -1,8 +1,9 @@
 """One parametrized test over the registry (as torchvision's test_models.py).
 
-Models with small inputs and at most 20 M parameters (LeNet, most CIFAR variants) run for
-real, on both kernels. The others (ImageNet-size models, WRN-28-10) are checked for shapes and
-interface on the meta device, which tracks shapes without memory or arithmetic; their
+Models with small inputs, at most 20 M parameters and at most 400 M multiply-adds per image
+(LeNet, AlexNet/VGG for CIFAR, ResNet-20 to 110, DenseNet-BC-100, ...) run for real, on both
+kernels. The others (ImageNet-size models, WRN-28-10, DenseNet-BC-250) are checked for shapes
+and interface on the meta device, which tracks shapes without memory or arithmetic; their
 families' own tests run them, or smaller members of the family, for real.
 """
 
@@ -11,16 +12,22 @@ import torch
 
 from cnnlab import models, ops
 from cnnlab.errors import ModelError
+from cnnlab.inspect import summarize
 
 
-
-def _num_params(name):
+def _cheap(name):
+    """Small enough to run for real in float64 on both kernels in a second or two."""
+    shape = models.info(name).input_shape
+    if shape[-1] > 64:
+        return False
     with torch.device("meta"):
-        return sum(p.numel() for p in models.create(name).parameters())
+        model = models.create(name)
+    if sum(p.numel() for p in model.parameters()) > 20_000_000:
+        return False
+    return summarize(model, shape).totals.macs <= 400_000_000
 
 
-SMALL = [n for n in models.names()
-         if models.info(n).input_shape[-1] <= 64 and _num_params(n) <= 20_000_000]
+SMALL = [n for n in models.names() if _cheap(n)]
 
 
 def _build(name, device, **kwargs):
@@ -71,9 +78,10 @@ def test_both_kernels_give_equal_results(name):
             out.square().sum().backward()
         outs.append(out.detach())
         grads.append([p.grad.clone() for p in model.parameters()])
-    torch.testing.assert_close(outs[0], outs[1], rtol=1e-9, atol=1e-10)
-    for g_native, g_ref in zip(*grads):
-        torch.testing.assert_close(g_native, g_ref, rtol=1e-9, atol=1e-10)
+    # untrained deep nets in eval mode grow their activations with depth (gradients reach 1e14
+    # in pre-activation ResNet-164): the absolute tolerance follows each tensor's scale
+    for a, b in zip([outs[0], *grads[0]], [outs[1], *grads[1]]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10 * max(1.0, b.abs().max().item()))
 
 
 @pytest.mark.parametrize("name", models.names())
