@@ -28,6 +28,7 @@ def _cheap(name):
 
 
 SMALL = [n for n in models.names() if _cheap(n)]
+IMAGENET = [n for n in models.names() if models.info(n).input_shape[-1] > 64]
 
 
 def _build(name, device, **kwargs):
@@ -123,3 +124,21 @@ def test_layers_by_the_chapters_names(name):
         assert model.layer(chapter_name) is model.get_submodule(path)
     with pytest.raises(ModelError, match="has no layer 'fc99'"):
         model.layer("fc99")
+
+
+LARGE = [n for n in models.names() if n not in SMALL]
+
+
+@pytest.mark.parametrize("name", LARGE)
+def test_forward_and_backward_at_the_native_input_size(name):
+    """The models the tests above only shape-check on the meta device run once for real."""
+    torch.manual_seed(0)
+    model = models.create(name, num_classes=1000 if name in IMAGENET else 10)
+    x = torch.randn(1, *models.info(name).input_shape)
+    out = model(x)
+    scores = out[0] if isinstance(out, tuple) else out
+    assert scores.shape == (1, model.num_classes)
+    loss = model.loss(out, torch.tensor([3])) if hasattr(model, "loss") else scores.sum()
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
