@@ -1,4 +1,4 @@
-"""The ``cnnlab`` command: models, summary, train, eval.
+"""The ``cnnlab`` command: models, summary, train, eval, features, download.
 
 A user mistake prints ``error: ...`` on one line and exits with status 2; no traceback.
 """
@@ -18,6 +18,16 @@ examples:
   cnnlab train lenet5                                    # embedded digits, 10 epochs
   cnnlab train lenet5 --data mnist --data-dir ../shared/data --epochs 20 --out runs/lenet5
   cnnlab train lenet5_modern --data fashion-mnist --data-dir DIR --lr 0.05 --lr-step 8
+  cnnlab train lenet5_modern --augment translate2 --schedule onecycle --epochs 10
+  cnnlab train alexnet_cifar --data cifar10 --augment crop4,flip,pca --schedule plateau
+  cnnlab train lenet5_modern --checkpoint-every 200 --out runs/a    # killed? then:
+  cnnlab train --resume runs/a                                      # continues to the bit
+
+augment: "none" (default), "auto" (the data set's default: no reflections or rotations for
+digits), or a comma list of crop[PIXELS] flip[P] translate[PIXELS] rotate[DEGREES] jitter[AMOUNT]
+pca[SIGMA], applied in that order to each training batch.
+--resume RUN continues RUN from its last checkpoint with RUN/config.json's settings; only
+--epochs (not for cosine/onecycle), --device, --num-workers and --data-dir may change.
 """
 
 EPILOG_SUMMARY = """\
@@ -99,28 +109,115 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cnnlab.train import TrainConfig, train
+    from cnnlab.train import TrainConfig, resume_config, train
 
     fields = {k: v for k, v in vars(args).items()
               if k in TrainConfig.__dataclass_fields__ and v is not None}
-    config = TrainConfig.for_model(fields)
-    result = train(config, progress=not args.quiet, overwrite=args.overwrite)
+    if args.resume:
+        if args.out is not None and args.out != args.resume:
+            raise CnnlabError(f"--resume {args.resume} continues that folder; drop "
+                              f"--out {args.out}")
+        config = resume_config(args.resume, **fields)   # train() refuses other changes
+    elif args.model is None:
+        raise CnnlabError("cnnlab train needs a model name (see `cnnlab models`), or "
+                          "--resume RUN to continue a run")
+    else:
+        config = TrainConfig.for_model(fields)
+    result = train(config, progress=not args.quiet, overwrite=args.overwrite,
+                   resume=bool(args.resume))
     print(f"test accuracy {100 * result['test_top1']:.2f}% (error {100 * result['test_error']:.2f}%)"
           f" after {config.epochs} epochs, {result['seconds']:.0f} s; run saved in {config.out}")
     return 0
 
 
+EPILOG_EVAL = """\
+examples:
+  cnnlab eval runs/lenet5                                # its own test split
+  cnnlab eval runs/lenet5 --data mnist --data-dir DIR --split train --json
+  cnnlab eval runs/a runs/b runs/c                       # each run, and their ensemble (8.4.1)
+  cnnlab eval runs/cifar-a runs/cifar-b --tta crops      # ten views of each image (AlexNet)
+"""
+
+EPILOG_FEATURES = """\
+examples:
+  cnnlab features runs/lenet5 --out feats/digits-test.safetensors          # FC7 (penultimate)
+  cnnlab features runs/vgg --data cifar10 --data-dir DIR --split train --layer conv5_3 \\
+      --pool avg --out feats/cifar-train.safetensors
+  # in Python: features, labels, meta = cnnlab.train.transfer.load_features(PATH)
+"""
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from cnnlab.train import evaluate_run
+    from cnnlab.train.ensemble import evaluate_ensemble
 
-    metrics = evaluate_run(args.run, data=args.data, data_dir=args.data_dir, split=args.split,
-                           batch_size=args.batch_size)
-    if args.json:
-        print(json.dumps(metrics, indent=2))
-    else:
-        print(f"{metrics['data']} {metrics['split']}: top-1 accuracy {100 * metrics['top1']:.2f}% "
-              f"(error {100 * (1 - metrics['top1']):.2f}%), top-5 {100 * metrics['top5']:.2f}%, "
-              f"loss {metrics['loss']:.4f} on {metrics['n']:,} images")
+    if len(args.runs) == 1 and args.tta == "none":
+        metrics = evaluate_run(args.runs[0], data=args.data, data_dir=args.data_dir,
+                               split=args.split, batch_size=args.batch_size)
+        if args.json:
+            print(json.dumps(metrics, indent=2))
+        else:
+            print(f"{metrics['data']} {metrics['split']}: top-1 accuracy "
+                  f"{100 * metrics['top1']:.2f}% (error {100 * (1 - metrics['top1']):.2f}%), "
+                  f"top-5 {100 * metrics['top5']:.2f}%, loss {metrics['loss']:.4f} on "
+                  f"{metrics['n']:,} images")
+        return 0
+    result = evaluate_ensemble(args.runs, data=args.data, data_dir=args.data_dir,
+                               split=args.split, batch_size=args.batch_size, tta=args.tta,
+                               crop_padding=args.crop_padding, progress=not args.quiet)
+    _warn_mirrors(result["data"], args.tta)
+    print(json.dumps(result, indent=2) if args.json else _ensemble_table(result))
+    return 0
+
+
+def _warn_mirrors(data: str, tta: str) -> None:
+    """8.3.4: mirrors suit some data sets only; say so when they are used on another."""
+    from cnnlab.data.augment import DEFAULTS, HorizontalFlip
+
+    trained = DEFAULTS.get(data)
+    if tta != "none" and trained and not any(isinstance(t, HorizontalFlip) for t in trained):
+        print(f"note: --tta {tta} averages over mirror images, which {data} is not augmented "
+              "with (8.3.4: a mirrored digit is no digit); expect lower accuracy",
+              file=sys.stderr)
+
+
+def _ensemble_table(result: dict[str, Any]) -> str:
+    rows = [(m["run"], m["model"], m) for m in result["members"]]
+    if len(rows) > 1:
+        rows.append((f"ensemble of {len(rows)}", "softmax mean", result["ensemble"]))
+    w_run = max(len("run"), *(len(r[0]) for r in rows))
+    w_model = max(len("model"), *(len(r[1]) for r in rows))
+    title = (f"{result['data']} {result['split']}, {result['n']:,} images, test-time views: "
+             f"{result['tta']}")
+    header = (f"{'run':<{w_run}}  {'model':<{w_model}}  {'top-1':>7}  {'top-5':>7}  "
+              f"{'error':>7}  {'loss':>7}")
+    lines = [title, header]
+    for run, model, m in rows:
+        lines.append(f"{run:<{w_run}}  {model:<{w_model}}  {100 * m['top1']:>6.2f}%  "
+                     f"{100 * m['top5']:>6.2f}%  {100 * m['error']:>6.2f}%  {m['loss']:>7.4f}")
+    return "\n".join(lines)
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cnnlab.train.transfer import features_of_run, save_features
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise CnnlabError(f"--out {args.out!r}: features are written as safetensors; end the "
+                          "name with .safetensors")
+    if out.exists() and not args.overwrite:
+        raise CnnlabError(f"--out {args.out!r} already exists; pick another --out, or pass "
+                          "--overwrite to replace it")
+    features, labels, meta = features_of_run(args.run, data=args.data, data_dir=args.data_dir,
+                                             split=args.split, layer=args.layer, pool=args.pool,
+                                             batch_size=args.batch_size,
+                                             progress=not args.quiet)
+    save_features(out, features, labels, meta)
+    n, d = features.shape
+    print(f"{n:,} x {d:,} features ({meta['model']} at {args.layer} on {meta['data']} "
+          f"{meta['split']}) written to {out}")
     return 0
 
 
@@ -163,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "come from the model's recipe (`cnnlab models --json` shows it), then "
                        "from the defaults.",
                        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="model name (see `cnnlab models`)")
+    p.add_argument("model", nargs="?", help="model name (see `cnnlab models`); not needed "
+                   "with --resume")
     p.add_argument("--data", help="data set: digits (embedded, default), mnist, fashion-mnist, "
                    "cifar10, cifar100, or folder (ROOT/train/<class>/, ROOT/test/<class>/ "
                    "given as --data-dir ROOT)")
@@ -179,19 +277,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--kernel", choices=["native", "reference"],
                    help="run on PyTorch's kernels or on the chapter's reference kernels")
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction,
+                   help="Nesterov momentum")
+    p.add_argument("--schedule", choices=["step", "constant", "cosine", "onecycle", "plateau"],
+                   help="learning-rate schedule (default step: --lr-step/--lr-gamma); plateau "
+                   "multiplies by --lr-gamma when the test error stalls (AlexNet)")
+    p.add_argument("--warmup-epochs", type=float, help="linear warm-up, in epochs (onecycle: "
+                   "default 30%% of the run)")
+    p.add_argument("--patience", type=int, help="plateau: epochs without a lower test error "
+                   "before a drop (default 3)")
+    p.add_argument("--augment", metavar="LIST", help="training-time augmentation: none "
+                   "(default), auto, or e.g. crop4,flip,pca (see below)")
+    p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing, "
+                   "in [0, 1)")
+    p.add_argument("--clip-grad-norm", type=float, help="clip the gradients' global L2 norm "
+                   "(0: off)")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"],
+                   help="mixed precision (fp16 on CUDA only)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   help="NHWC memory format")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                   help="torch.compile the model (slow to start, on the CPU especially)")
+    p.add_argument("--device", help="auto (default: cuda if present), cpu, cuda, cuda:N")
+    p.add_argument("--num-workers", type=int, help="DataLoader worker processes (default 0: "
+                   "slice tensors in memory)")
+    p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="checkpoint every "
+                   "STEPS steps too (default 0: at each epoch's end only)")
+    p.add_argument("--resume", metavar="RUN", help="continue the unfinished run in folder RUN "
+                   "from its last checkpoint")
     p.add_argument("--out", help="run folder (default runs/MODEL-DATA)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder's results")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a trained run on a data set")
-    p.add_argument("run", help="run folder written by `cnnlab train`")
-    p.add_argument("--data", help="data set (default: the one it was trained on)")
+    p = sub.add_parser("eval", help="evaluate trained runs, alone and as an ensemble",
+                       description="Evaluate a run on a data set (default: the one it was "
+                       "trained on), sized and normalised as in training. With several runs: "
+                       "each run and their ensemble, which averages their softmax outputs "
+                       "(8.4.1).", epilog=EPILOG_EVAL,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folder written by `cnnlab train`")
+    p.add_argument("--data", help="data set (default: the one the runs were trained on)")
     p.add_argument("--data-dir", help="folder with the data files")
     p.add_argument("--split", choices=["train", "test"], default="test")
     p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--tta", choices=["none", "flip", "crops"], default="none",
+                   help="test-time views averaged per image: the image and its mirror (flip), "
+                   "or AlexNet's ten crops of the image zero-padded by --crop-padding (crops)")
+    p.add_argument("--crop-padding", type=int, metavar="PIXELS",
+                   help="padding per side for --tta crops (default: 1/8 of the image height)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("features", help="FC7 features of a data set from a trained run, to a "
+                       "file", description="Pass a data set through a trained run and save one "
+                       "feature vector per image (8.4.1, 8.4.7): by default the penultimate "
+                       "layer's, the \"FC7 features\", whatever the depth. Images are sized and "
+                       "normalised as in training. The file holds `features` (N x D, float32) "
+                       "and `labels` (N), with the model, layer, data and split as metadata.",
+                       epilog=EPILOG_FEATURES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run folder written by `cnnlab train`")
+    p.add_argument("--data", help="data set (default: the one the run was trained on)")
+    p.add_argument("--data-dir", help="folder with the data files")
+    p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument("--layer", default="fc7", help="fc7 (default: the penultimate layer), or a "
+                   "chapter layer name (conv3, c5, ...) or module path")
+    p.add_argument("--pool", choices=["flatten", "avg"], default="flatten",
+                   help="a spatial volume C x H x W: all C*H*W values (flatten), or the mean of "
+                   "each map (avg)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--out", required=True, metavar="FILE.safetensors", help="where to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("download", help="fetch a data set from its publisher, checksums verified")
     p.add_argument("name", choices=["mnist", "fashion-mnist", "cifar10", "cifar100"])

@@ -62,3 +62,81 @@ def test_unknown_keys_are_refused_with_a_near_match():
         TrainConfig.from_dict({"learning_rate": 0.1})
     with pytest.raises(CnnlabError, match="'epoch': did you mean 'epochs'"):
         TrainConfig.from_dict({"epoch": 3})
+
+
+def test_new_defaults_change_nothing():
+    c = TrainConfig()
+    assert (c.augment, c.schedule, c.warmup_epochs, c.nesterov, c.label_smoothing) == (
+        "none", "step", 0.0, False, 0.0)
+    assert (c.clip_grad_norm, c.amp, c.channels_last, c.compile, c.checkpoint_every) == (
+        0.0, "none", False, False, 0)
+
+
+@pytest.mark.parametrize("field,value,wanted", [
+    ("augment", "crop4,flp", "'auto', 'none' or a comma list"),
+    ("augment", "", "'auto', 'none' or a comma list"),
+    ("augment", None, "'auto', 'none' or a comma list"),
+    ("nesterov", 1, "True or False"),
+    ("schedule", "linear", "one of 'step', 'constant', 'cosine', 'onecycle', 'plateau'"),
+    ("warmup_epochs", -1, "a number of epochs >= 0"),
+    ("patience", 0, "a positive int"),
+    ("label_smoothing", 1.0, r"a number in \[0, 1\)"),
+    ("label_smoothing", -0.1, r"a number in \[0, 1\)"),
+    ("clip_grad_norm", -1.0, "a number >= 0"),
+    ("amp", "fp8", "'none', 'bf16' or 'fp16'"),
+    ("channels_last", "yes", "True or False"),
+    ("compile", None, "True or False"),
+    ("checkpoint_every", -5, "an int >= 0"),
+    ("checkpoint_every", 2.5, "an int >= 0"),
+])
+def test_new_fields_are_checked_like_the_others(field, value, wanted):
+    test_bad_values_are_refused_with_field_and_value(field, value, wanted)
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("crop4,flp", r"unknown transform 'flp': did you mean 'flip'\?"),
+    ("crop4,crop2", r"'crop' is given twice"),
+    ("rotate200", r"rotate200: the number must be degrees in \(0, 180\]"),
+    ("crop2.5", r"crop2.5: the number must be a whole number of pixels"),
+    ("jitter1.5", r"jitter1.5: the number must be an amount in \(0, 1\)"),
+    ("flip,,crop", r"unknown transform ''"),
+])
+def test_augment_errors_name_the_bad_item(text, reason):
+    with pytest.raises(CnnlabError, match=reason) as err:
+        TrainConfig(augment=text)
+    assert "\n" not in str(err.value) and "--augment" in str(err.value)
+
+
+def test_augment_grammar_accepts_the_documented_forms():
+    for text in ("auto", "none", "crop", "crop4,flip", "translate2, rotate10", "jitter0.2,pca0.1",
+                 "flip0.3", "pca", "CROP4,Flip"):
+        assert TrainConfig(augment=text).augment == text
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"schedule": "cosine", "lr_step": 8},
+     "lr_step=8 drops the learning rate of schedule 'step' only, got schedule='cosine'"),
+    ({"nesterov": True, "momentum": 0.0}, "nesterov=True needs momentum > 0"),
+    ({"amp": "fp16", "device": "cpu"}, "amp='fp16' needs a CUDA GPU"),
+    ({"warmup_epochs": 3, "epochs": 3}, "warmup_epochs=3.0 must be less than epochs=3"),
+])
+def test_conflicting_settings_are_refused(kw, message):
+    with pytest.raises(CnnlabError, match=re.escape(message)) as err:
+        TrainConfig(**kw)
+    assert "\n" not in str(err.value)
+
+
+def test_a_recipes_lr_step_gives_way_to_another_schedule():
+    assert TrainConfig.for_model({"model": "lenet5_modern"}).lr_step == 8
+    c = TrainConfig.for_model({"model": "lenet5_modern", "schedule": "cosine"})
+    assert (c.schedule, c.lr_step, c.lr) == ("cosine", 0, 0.05)
+    with pytest.raises(CnnlabError, match="lr_step=4 drops"):     # given explicitly: refused
+        TrainConfig.for_model({"model": "lenet5_modern", "schedule": "cosine", "lr_step": 4})
+
+
+def test_new_fields_round_trip_through_json():
+    c = TrainConfig(augment="crop4,flip", schedule="onecycle", warmup_epochs=0.5, nesterov=True,
+                    label_smoothing=0.1, clip_grad_norm=1, amp="bf16", channels_last=True,
+                    compile=True, checkpoint_every=100, patience=2)
+    assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    assert isinstance(c.clip_grad_norm, float)

@@ -12,9 +12,11 @@ from cnnlab import ops
 from cnnlab.data import load
 from cnnlab.errors import CnnlabError
 from cnnlab.train import (
+    CHECKPOINT,
     METRICS,
     WEIGHTS,
     TrainConfig,
+    checkpoint,
     evaluate,
     evaluate_run,
     load_run,
@@ -25,8 +27,8 @@ from cnnlab.train import (
 )
 from cnnlab.train import run as run_mod
 
-RECORD_KEYS = {"epoch", "lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5",
-               "test_error", "test_top5_error", "epoch_seconds", "images_per_second",
+RECORD_KEYS = {"epoch", "lr", "lr_end", "train_loss", "train_top1", "test_loss", "test_top1",
+               "test_top5", "test_error", "test_top5_error", "epoch_seconds", "images_per_second",
                "eval_seconds", "elapsed_seconds"}
 
 
@@ -129,9 +131,10 @@ def test_worker_processes_see_the_same_batches(tmp_path, digits):
     a = Dropping()
     torch.manual_seed(0)
     b = Dropping()
-    train(config(tmp_path, epochs=1, out=str(tmp_path / "a")), a, progress=False,
+    train(config(tmp_path, epochs=2, out=str(tmp_path / "a")), a, progress=False,
           datasets=digits)
-    train(config(tmp_path, epochs=1, num_workers=1, out=str(tmp_path / "b")), b,
+    # two passes through one DataLoader whose worker lives on between them
+    train(config(tmp_path, epochs=2, num_workers=1, out=str(tmp_path / "b")), b,
           progress=False, datasets=digits)
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
 
@@ -176,9 +179,10 @@ def test_failure_part_way_leaves_whole_files_only(tmp_path, digits, error):
     with pytest.raises(error, match="boom"):
         train(config(tmp_path, epochs=3), Breaks(), progress=False, datasets=digits)
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", METRICS]
+    assert sorted(p.name for p in run.iterdir()) == [CHECKPOINT, "config.json", METRICS]
     lines = (run / METRICS).read_text().splitlines(keepends=True)
     assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1
+    assert checkpoint.describe(run / CHECKPOINT) == {"epoch": 2, "step": 0, "global_step": 10}
 
 
 def test_interrupted_metrics_write_keeps_the_old_file(tmp_path, monkeypatch):
@@ -208,10 +212,11 @@ def test_divergence_is_reported(tmp_path, digits):
         def loss(self, output, target):
             return F.cross_entropy(output, target) * float("nan")
 
-    with pytest.raises(CnnlabError, match=r"training diverged: .*nan in epoch 1; lower the "
-                                          r"learning rate \(lr=0.05\)"):
+    with pytest.raises(CnnlabError, match=r"training diverged: .*nan in epoch 1 \(by step \d+\); "
+                                          r"lower the learning rate \(lr=0.05\)"):
         train(config(tmp_path), Nan(), progress=False, datasets=digits)
     assert not (tmp_path / "run" / WEIGHTS).exists()
+    assert not (tmp_path / "run" / CHECKPOINT).exists()       # nothing good to keep
 
 
 def test_training_runs_on_the_chosen_kernel(tmp_path, digits):

@@ -224,7 +224,8 @@ class Compose:
 
 
 # Per-data-set defaults (8.3.4: "account for the natural distribution of images ... as well
-# as the effect of a specific type of data set augmentation on the class labels").
+# as the effect of a specific type of data set augmentation on the class labels"). Pixel amounts
+# are for the native size; :func:`default_augmentation` scales them to the size trained on.
 DEFAULTS: Mapping[str, tuple[Transform, ...]] = {
     # digits: translations only; a reflected or rotated digit is another digit or none
     "digits": (RandomTranslate(1),),                  # 8x8: one pixel is 1/8 of the field
@@ -239,12 +240,49 @@ DEFAULTS: Mapping[str, tuple[Transform, ...]] = {
 }
 
 
-def default_augmentation(name: str) -> Compose:
-    """The default training-time augmentation of data set ``name`` (see :data:`DEFAULTS`)."""
+def content_scale(name: str, size: int | Sequence[int]) -> float:
+    """How much larger the content of data set ``name`` is when loaded at ``size`` than at its
+    native size: 4 for the 8x8 digits resampled to 32x32, 1 for MNIST's 28x28 digits padded
+    to 32x32 (``load`` pads, it does not stretch), 1 for data sets with no fixed size."""
+    from cnnlab.data.registry import DATASETS
+
+    entry = DATASETS.get(name)
+    h, w = _pair(size, "content_scale")
+    if entry is None or (h, w) == entry.pad_to or (h, w) == tuple(entry.shape[1:]):
+        return 1.0
+    return min(h / entry.shape[1], w / entry.shape[2])
+
+
+def _scaled(t: Transform, size: tuple[int, int], scale: float) -> Transform:
+    def px(n: int) -> int:
+        return max(1, round(n * scale)) if n else 0
+
+    if isinstance(t, RandomTranslate):
+        return RandomTranslate(px(t.max_pixels))
+    if isinstance(t, RandomCrop):                 # crop back to the size trained on
+        crop = size[0] if size[0] == size[1] else size
+        return RandomCrop(crop, padding=px(t.padding), padding_mode=t.padding_mode)
+    return t
+
+
+def default_augmentation(name: str, size: int | Sequence[int] | None = None) -> Compose:
+    """The default training-time augmentation of data set ``name`` (see :data:`DEFAULTS`).
+
+    ``size``: the (height, width) of the images trained on, when ``load(..., size=)`` changed
+    it: pixel amounts scale with the content (digits resampled from 8x8 to 32x32 translate
+    by 4 pixels, not 1; MNIST padded to 32x32 keeps 2), and crops keep that size.
+
+    >>> default_augmentation("digits", 32)
+    Compose(transforms=(RandomTranslate(max_pixels=4),))
+    """
     if name not in DEFAULTS:
         raise DataError(f"no default augmentation for {name!r}; known: "
                         f"{', '.join(sorted(DEFAULTS))}; pass Compose([...]) explicitly")
-    return Compose(DEFAULTS[name])
+    if size is None:
+        return Compose(DEFAULTS[name])
+    pair = _pair(size, "default_augmentation")
+    scale = content_scale(name, pair)
+    return Compose(tuple(_scaled(t, pair, scale) for t in DEFAULTS[name]))
 
 
 # -- test time ------------------------------------------------------------------------------

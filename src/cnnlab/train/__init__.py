@@ -1,13 +1,18 @@
-"""Training: one typed config, mini-batch SGD, evaluation, run folders of safetensors weights.
+"""Training: one typed config, mini-batch SGD, evaluation, run folders of safetensors weights,
+checkpoints that resume a killed run to the bit.
 
->>> from cnnlab.train import TrainConfig, train, load_run
+>>> from cnnlab.train import TrainConfig, train, load_run, resume_config
 >>> result = train(TrainConfig("lenet5", "digits", epochs=2, out="runs/demo"))  # doctest: +SKIP
 >>> model, config = load_run("runs/demo")                                        # doctest: +SKIP
+>>> train(resume_config("runs/killed"), resume=True)                             # doctest: +SKIP
 """
 
+from cnnlab.train.checkpoint import resume_config
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.loop import (
     Batches,
+    EpochTotals,
+    StepRecipe,
     evaluate,
     evaluate_run,
     loss_function,
@@ -16,10 +21,20 @@ from cnnlab.train.loop import (
     train_one_epoch,
 )
 from cnnlab.train.metrics import time_to_accuracy, topk_correct
-from cnnlab.train.run import CONFIG, METRICS, WEIGHTS, RunFolder, load_run, read_metadata
+from cnnlab.train.optim import Schedule
+from cnnlab.train.run import (
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    WEIGHTS,
+    RunFolder,
+    load_run,
+    read_metadata,
+)
 
 __all__ = [
-    "CONFIG", "METRICS", "WEIGHTS", "Batches", "RunFolder", "TrainConfig", "evaluate",
-    "evaluate_run", "load_run", "loss_function", "read_metadata", "resolve_device",
-    "time_to_accuracy", "topk_correct", "train", "train_one_epoch",
+    "CHECKPOINT", "CONFIG", "METRICS", "WEIGHTS", "Batches", "EpochTotals", "RunFolder",
+    "Schedule", "StepRecipe", "TrainConfig", "evaluate", "evaluate_run", "load_run",
+    "loss_function", "read_metadata", "resolve_device", "resume_config", "time_to_accuracy",
+    "topk_correct", "train", "train_one_epoch",
 ]

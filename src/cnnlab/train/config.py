@@ -12,6 +12,8 @@ from typing import Any
 from cnnlab.errors import CnnlabError
 
 KERNELS = ("native", "reference")
+SCHEDULES = ("step", "constant", "cosine", "onecycle", "plateau")
+AMP = ("none", "bf16", "fp16")
 
 
 @dataclass
@@ -38,6 +40,22 @@ class TrainConfig:
     out: str | None = None          # run folder; None: runs/<model>-<data>
     num_workers: int = 0            # DataLoader worker processes; 0 slices tensors in-process
     eval_batch_size: int = 500      # images per evaluation batch
+    # -- augmentation (8.3.4), per batch on the device; grammar: cnnlab.train.augmentation.
+    # Off unless asked for (or a model's recipe asks): LeNet-5's published figures are without
+    # distortions; "auto" is the data set's default.
+    augment: str = "none"           # "none", "auto", or a list such as "crop4,flip,pca"
+    # -- optimisation (cnnlab.train.optim)
+    nesterov: bool = False          # Nesterov momentum (needs momentum > 0)
+    schedule: str = "step"          # step (lr_step, lr_gamma), constant, cosine, onecycle, plateau
+    warmup_epochs: float = 0.0      # linear warm-up, in epochs (fractions too); onecycle: 0 = 30%
+    patience: int = 3               # plateau: epochs without a lower test error before lr*gamma
+    label_smoothing: float = 0.0    # cross-entropy label smoothing, in [0, 1)
+    clip_grad_norm: float = 0.0     # clip the global gradient L2 norm to this; 0 = off
+    amp: str = "none"               # mixed precision: "none", "bf16", "fp16" (CUDA only)
+    channels_last: bool = False     # NHWC memory format for the model and its inputs
+    compile: bool = False           # torch.compile the model for training
+    # -- checkpoints (cnnlab.train.checkpoint)
+    checkpoint_every: int = 0       # also checkpoint every this many steps; 0 = each epoch only
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -46,12 +64,31 @@ class TrainConfig:
             if kind is float and _is_int(value):
                 value = float(value)          # 1 is a fine learning rate too
                 setattr(self, f.name, value)
-            if not _has_kind(value, kind) or not ok(value):
+            verdict = _has_kind(value, kind) and ok(value)
+            if verdict is not True:               # False, or a str that says what is wrong
                 flag = "--" + f.name.replace("_", "-")
-                raise CnnlabError(f"{f.name} must be {wanted}, got {f.name}={value!r} "
+                why = f" ({verdict})" if isinstance(verdict, str) else ""
+                raise CnnlabError(f"{f.name} must be {wanted}, got {f.name}={value!r}{why} "
                                   f"(command line: {flag})")
+        self._check_together()
         if self.out is None:
             self.out = f"runs/{self.model}-{self.data}"
+
+    def _check_together(self) -> None:
+        """Settings that conflict with each other are refused, not silently overridden."""
+        if self.lr_step and self.schedule != "step":
+            raise CnnlabError(f"lr_step={self.lr_step} drops the learning rate of schedule "
+                              f"'step' only, got schedule={self.schedule!r}; drop --lr-step "
+                              "or use --schedule step")
+        if self.nesterov and self.momentum == 0:
+            raise CnnlabError("nesterov=True needs momentum > 0, got momentum=0.0; set "
+                              "--momentum (e.g. 0.9) or drop --nesterov")
+        if self.amp == "fp16" and self.device == "cpu":
+            raise CnnlabError("amp='fp16' needs a CUDA GPU (its GradScaler), got device='cpu'; "
+                              "use --amp bf16 on the CPU")
+        if self.warmup_epochs >= self.epochs:
+            raise CnnlabError(f"warmup_epochs={self.warmup_epochs} must be less than "
+                              f"epochs={self.epochs}; lower --warmup-epochs")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field (what ``config.json`` holds)."""
@@ -73,11 +110,15 @@ class TrainConfig:
     @classmethod
     def for_model(cls, values: Mapping[str, Any]) -> TrainConfig:
         """Like :meth:`from_dict`, but settings not given come from the model's recipe
-        (``cnnlab.models.info(name).recipe``) before the defaults."""
+        (``cnnlab.models.info(name).recipe``) before the defaults. A recipe's ``lr_step``
+        belongs to its step schedule: it is left out when ``values`` choose another schedule."""
         from cnnlab import models
 
         name = values.get("model", cls.model)
-        return cls.from_dict({**models.info(name).recipe, **values})
+        recipe = dict(models.info(name).recipe)
+        if values.get("schedule", recipe.get("schedule", "step")) != "step":
+            recipe.pop("lr_step", None)
+        return cls.from_dict({**recipe, **values})
 
 
 def _is_int(v: object) -> bool:
@@ -110,8 +151,19 @@ def _any(v: object) -> bool:
     return True
 
 
-# field -> (type, range check, what the error says it must be); None type: a str or None
-_RULES: dict[str, tuple[type | None, Callable[[Any], bool], str]] = {
+def _augment_ok(v: str) -> bool | str:
+    from cnnlab.train.augmentation import parse
+
+    try:
+        parse(v)
+    except CnnlabError as err:
+        return str(err)
+    return True
+
+
+# field -> (type, range check, what the error says it must be); None type: a str or None.
+# The check returns True, False, or a str that says what is wrong.
+_RULES: dict[str, tuple[type | None, Callable[[Any], bool | str], str]] = {
     "model": (str, bool, "a model name (see `cnnlab models`)"),
     "data": (str, bool, "a data set name: digits, mnist or fashion-mnist"),
     "data_dir": (None, _any, "a folder path or None"),
@@ -128,4 +180,17 @@ _RULES: dict[str, tuple[type | None, Callable[[Any], bool], str]] = {
     "out": (None, lambda v: v is None or bool(v), "a folder path"),
     "num_workers": (int, lambda v: v >= 0, "an int >= 0"),
     "eval_batch_size": (int, lambda v: v >= 1, "a positive int"),
+    "augment": (str, _augment_ok, ("'auto', 'none' or a comma list such as 'crop4,flip' of "
+                                   "crop[PIXELS], flip[P], translate[PIXELS], rotate[DEGREES], "
+                                   "jitter[AMOUNT], pca[SIGMA]")),
+    "nesterov": (bool, _any, "True or False"),
+    "schedule": (str, lambda v: v in SCHEDULES, "one of " + ", ".join(map(repr, SCHEDULES))),
+    "warmup_epochs": (float, lambda v: v >= 0, "a number of epochs >= 0"),
+    "patience": (int, lambda v: v >= 1, "a positive int (epochs)"),
+    "label_smoothing": (float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "clip_grad_norm": (float, lambda v: v >= 0, "a number >= 0 (0: no clipping)"),
+    "amp": (str, lambda v: v in AMP, "'none', 'bf16' or 'fp16'"),
+    "channels_last": (bool, _any, "True or False"),
+    "compile": (bool, _any, "True or False"),
+    "checkpoint_every": (int, lambda v: v >= 0, "an int >= 0 (steps; 0: at epoch ends only)"),
 }

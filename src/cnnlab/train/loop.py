@@ -1,17 +1,34 @@
-"""Mini-batch SGD with momentum and weight decay, a step schedule, and evaluation.
+"""Mini-batch SGD: augmentation, schedules, mixed precision, checkpoints, resumption.
 
 Kept as a few small functions (torchvision's ``references/classification/train.py``):
 :func:`train_one_epoch`, :func:`evaluate`, :func:`train`. Batches come from :class:`Batches`,
-the one place that decides which examples a step sees (the seam for distributed sampling and
-augmentation later).
+the one place that decides which examples a step sees.
+
+Each step: draw the batch (in-process slices of tensors already on the device when
+``num_workers=0``, the fast path for data sets that fit in memory; else a ``DataLoader`` with
+that many persistent worker processes, ``prefetch_factor`` 4 and pinned memory on CUDA), augment
+it on the device with its own generator (8.3.4), normalise, forward (under autocast with
+``amp``), loss, backward (scaled for fp16), clip, SGD step at the schedule's learning rate.
+
+A run is reproducible from its seed, and resumable to the bit: every ``checkpoint_every``
+steps and at each epoch's end it saves the weights, the optimizer, the schedule, the running
+sums of the epoch and the states of the three random streams (shuffling, augmentation, and
+PyTorch's global one for dropout), so ``train(config, resume=True)`` continues a killed run
+with the same remaining batches and random draws as if it had not stopped (same device and
+thread count). A NaN or infinite loss or weight stops the run with a message, and is never
+checkpointed: it is checked (one device sync each) before every checkpoint, at each epoch's
+end, and every 25 steps where a progress bar shows the loss.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,14 +41,20 @@ from tqdm.auto import tqdm
 import cnnlab
 from cnnlab import ops
 from cnnlab.data import ImageDataset, load
+from cnnlab.data.augment import Transform
 from cnnlab.errors import CnnlabError, ModelError, ShapeError
 from cnnlab.ops import KernelName
+from cnnlab.train import augmentation, checkpoint, optim
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.metrics import topk_correct
-from cnnlab.train.run import WEIGHTS, RunFolder, device_of, load_run, read_metadata
+from cnnlab.train.run import CHECKPOINT, WEIGHTS, RunFolder, device_of, load_run, read_metadata
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Normalize = Callable[[torch.Tensor], torch.Tensor]
+
+AUGMENT_SEED = 0x5EED_A06         # the augmentation generator starts at seed ^ AUGMENT_SEED
+PREFETCH = 4                      # batches each DataLoader worker prepares ahead
+CHECK_EVERY = 25                  # steps between progress-bar updates of the loss (a sync)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,6 +75,18 @@ def loss_function(model: nn.Module) -> LossFn:
     return own if callable(own) else F.cross_entropy
 
 
+def training_loss(model: nn.Module, label_smoothing: float = 0.0) -> LossFn:
+    """:func:`loss_function`, with ``label_smoothing`` for cross-entropy; a model with its own
+    loss is refused a smoothing it would not apply."""
+    if not label_smoothing:
+        return loss_function(model)
+    if callable(getattr(model, "loss", None)):
+        raise CnnlabError(f"label_smoothing={label_smoothing} applies to cross-entropy, but "
+                          f"{type(model).__name__} trains with its own loss (model.loss); "
+                          "drop --label-smoothing")
+    return functools.partial(F.cross_entropy, label_smoothing=label_smoothing)
+
+
 def normalizer(mean: Sequence[float], std: Sequence[float], device: torch.device) -> Normalize:
     """x -> (x - mean) / std per channel, for (N, C, H, W) batches on ``device``."""
     m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -64,61 +99,168 @@ class Batches:
     order each pass) or in order when it is None.
 
     With ``num_workers=0`` the data set's tensors are moved to the device once and sliced;
-    otherwise a DataLoader with that many workers gathers the same batches.
+    otherwise a DataLoader with that many persistent workers gathers the same batches.
     """
 
     def __init__(self, dataset: ImageDataset, batch_size: int, device: torch.device,
                  generator: torch.Generator | None = None, num_workers: int = 0) -> None:
         self.dataset, self.batch_size, self.device = dataset, batch_size, device
         self.generator, self.num_workers = generator, num_workers
+        self.epoch_state: torch.Tensor | None = None   # generator state before this pass
         if num_workers == 0:
             self.images = dataset.images.to(device)
             self.labels = dataset.labels.to(device)
         # the DataLoader's worker seeds come from here, not from the global RNG (dropout's)
         self.worker_rng = torch.Generator().manual_seed(0)
+        self._sampler = _PassSampler()
+        self._loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def __len__(self) -> int:
         return math.ceil(len(self.dataset) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iterate()
+
+    def iterate(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """A new pass, from its batch ``start`` on (a resumed pass skips the batches done,
+        after drawing the same order from the same ``epoch_state``)."""
         n = len(self.dataset)
-        order = (torch.arange(n) if self.generator is None
-                 else torch.randperm(n, generator=self.generator))
-        chunks = order.split(self.batch_size)
+        if self.generator is None:
+            order = torch.arange(n)
+        else:
+            self.epoch_state = self.generator.get_state()
+            order = torch.randperm(n, generator=self.generator)
+        chunks = order.split(self.batch_size)[start:]
         if self.num_workers == 0:
             for idx in chunks:
                 idx = idx.to(self.device)
                 yield self.images[idx], self.labels[idx]
             return
-        loader = DataLoader(self.dataset, batch_sampler=[c.tolist() for c in chunks],
-                            num_workers=self.num_workers, generator=self.worker_rng,
-                            pin_memory=self.device.type == "cuda")
-        for x, y in loader:
+        self._sampler.batches = [c.tolist() for c in chunks]
+        if self._loader is None:               # one loader: its workers live across passes
+            cuda = self.device.type == "cuda"
+            self._loader = DataLoader(self.dataset, batch_sampler=self._sampler,
+                                      num_workers=self.num_workers, generator=self.worker_rng,
+                                      pin_memory=cuda, prefetch_factor=PREFETCH,
+                                      persistent_workers=True)
+        for x, y in self._loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
+class _PassSampler:
+    """The batch sampler of :class:`Batches`' DataLoader: this pass's index lists."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+@dataclass
+class StepRecipe:
+    """How each SGD step runs besides the model and optimizer (the defaults: plain steps)."""
+
+    augment: Transform | None = None            # on [0, 1] images, before normalisation
+    generator: torch.Generator | None = None     # augmentation's random draws
+    amp: torch.dtype | None = None               # autocast to this dtype
+    scaler: torch.amp.GradScaler | None = None   # fp16 loss scaling
+    clip_grad_norm: float = 0.0                  # max global gradient L2 norm; 0 = off
+    channels_last: bool = False                  # NHWC inputs
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None   # e.g. the compiled model
+    lr_at: Callable[[int], float] | None = None  # global step -> learning rate
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.amp)
+
+
+@dataclass
+class EpochTotals:
+    """Where a pass stands: the batches done and the sums behind its mean loss and top-1
+    (0-d tensors on the device: adding to them needs no sync)."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    n: int = 0                      # examples seen
+    step: int = 0                   # batches of this pass done
+    global_step: int = 0            # batches of the run done
+    seconds: float = 0.0            # training time of this pass before a resumption
+
+    @classmethod
+    def zeros(cls, device: torch.device, global_step: int = 0) -> EpochTotals:
+        return cls(torch.zeros((), device=device),
+                   torch.zeros((), dtype=torch.long, device=device), global_step=global_step)
+
+
+class Diverged(CnnlabError):
+    """The training loss, or a weight, is NaN or infinite."""
+
+    def __init__(self, what: str, step: int) -> None:
+        super().__init__(f"{what} by step {step}")
+        self.what, self.step = what, step
+
+
 def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer,
-                    loss_fn: LossFn, normalize: Normalize, bar: tqdm | None = None
-                    ) -> dict[str, float]:
-    """One pass of mini-batch SGD; the mean training loss and top-1 accuracy seen on the way."""
+                    loss_fn: LossFn, normalize: Normalize, bar: tqdm | None = None, *,
+                    recipe: StepRecipe | None = None, totals: EpochTotals | None = None,
+                    on_step: Callable[[EpochTotals], None] | None = None) -> dict[str, float]:
+    """One pass of mini-batch SGD; the mean training loss and top-1 accuracy seen on the way.
+
+    ``recipe``: augmentation, autocast, clipping, learning rates (default: plain steps).
+    ``totals``: where a resumed pass stands (its first ``totals.step`` batches are skipped);
+    updated in place. ``on_step(totals)`` runs after every step (the trainer checkpoints
+    there). Raises :class:`Diverged` when the loss the progress bar shows is not finite.
+    """
+    r = recipe or StepRecipe()
+    t = totals or EpochTotals.zeros(batches.device)
+    forward = model if r.forward is None else r.forward
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     model.train()
-    total_loss = torch.zeros((), device=batches.device)
-    correct = torch.zeros((), dtype=torch.long, device=batches.device)
-    n = 0
-    for step, (x, y) in enumerate(batches):
-        out = model(normalize(x))                      # N x classes
-        loss = loss_fn(out, y)
+    for x, y in batches.iterate(t.step):
+        if r.lr_at is not None:
+            optim.set_lr(optimizer, r.lr_at(t.global_step))
+        if r.augment is not None:
+            x = r.augment(x, r.generator)
+        x = normalize(x)
+        if r.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with r.autocast(batches.device):
+            out = forward(x)                                    # N x classes
+        loss = loss_fn(out if r.amp is None else out.float(), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total_loss += loss.detach() * len(y)
-        correct += out.detach().argmax(dim=1).eq(y).sum()
-        n += len(y)
+        if r.scaler is not None:
+            r.scaler.scale(loss).backward()
+            if r.clip_grad_norm:
+                r.scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(params, r.clip_grad_norm)
+            r.scaler.step(optimizer)
+            r.scaler.update()
+        else:
+            loss.backward()
+            if r.clip_grad_norm:
+                nn.utils.clip_grad_norm_(params, r.clip_grad_norm)
+            optimizer.step()
+        t.loss_sum.add_(loss.detach(), alpha=len(y))          # no sync: tensors, not floats
+        t.correct.add_(out.detach().argmax(dim=1).eq(y).sum())
+        t.n += len(y)
+        t.step += 1
+        t.global_step += 1
         if bar is not None:
             bar.update()
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    return {"loss": total_loss.item() / n, "top1": correct.item() / n, "n": float(n)}
+            if t.step % CHECK_EVERY == 1 and not bar.disable:
+                value = loss.item()                            # a sync: not every step
+                if not math.isfinite(value):
+                    raise Diverged(f"the training loss is {value}", t.step)
+                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+        if on_step is not None:
+            on_step(t)
+    n = max(t.n, 1)
+    return {"loss": t.loss_sum.item() / n, "top1": t.correct.item() / n, "n": float(t.n)}
 
 
 @torch.no_grad()
@@ -173,16 +315,25 @@ def _input_size(config: TrainConfig, model: nn.Module | None) -> tuple[int, int]
 
 
 def train(config: TrainConfig, model: nn.Module | None = None, *, progress: bool = True,
-          overwrite: bool = False,
-          datasets: tuple[ImageDataset, ImageDataset] | None = None) -> dict[str, Any]:
+          overwrite: bool = False, datasets: tuple[ImageDataset, ImageDataset] | None = None,
+          resume: bool = False) -> dict[str, Any]:
     """Train ``config.model`` (or the given ``model``) on ``config.data``; save the run folder.
 
     The run folder ``config.out`` gets ``config.json`` at the start, one line of
-    ``metrics.jsonl`` per epoch, and ``model.safetensors`` at the end. A folder that already
-    holds a trained model is refused unless ``overwrite``. Returns (JSON-ready): final
-    ``test_top1``, ``test_error``, ``test_top5``, ``test_loss``, ``history`` (the metrics
-    records), ``seconds`` (wall time of the whole call), ``train_seconds`` and
-    ``time_to_accuracy`` (``elapsed_seconds`` and ``test_top1`` per epoch).
+    ``metrics.jsonl`` per epoch, ``checkpoint.safetensors`` at each epoch's end (and every
+    ``checkpoint_every`` steps) while the run is unfinished, and ``model.safetensors`` at the
+    end, when the checkpoint is removed. A folder that already holds a trained model or an
+    unfinished run is refused unless ``overwrite``. Returns (JSON-ready): final ``test_top1``,
+    ``test_error``, ``test_top5``, ``test_loss``, ``history`` (the metrics records),
+    ``seconds`` (wall time of the whole call), ``train_seconds`` and ``time_to_accuracy``
+    (``elapsed_seconds`` and ``test_top1`` per epoch).
+
+    ``resume``: continue the unfinished run in ``config.out`` from its checkpoint; ``config``
+    must be the run's own (:func:`cnnlab.train.checkpoint.resume_config` reads it), except
+    for ``epochs`` (not for cosine and onecycle, whose curve depends on it), ``device``,
+    ``num_workers``, ``data_dir`` and ``eval_batch_size``. On the same device and thread
+    count the result is bit-identical to a run that never stopped; pass the same ``model``
+    class and ``datasets`` as the first call did.
 
     ``datasets``: (train, test) to use instead of loading ``config.data`` (a subset, or data
     of your own; already sized for the model).
@@ -190,14 +341,22 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, progress: bool
     >>> result = train(TrainConfig("lenet5", epochs=1, out="/tmp/run"), progress=False)  # doctest: +SKIP
     """
     start = time.perf_counter()
-    run = RunFolder(config.out or "", overwrite)          # refuses before any slow work
+    run = RunFolder(config.out or "", overwrite, resume)    # refuses before any slow work
+    state = checkpoint.load(run.path / CHECKPOINT) if resume else None
+    if state is not None:
+        checkpoint.check_resume(TrainConfig.from_dict(state["config"]), config,
+                                int(state["epoch"]), int(state["step"]))
     device = resolve_device(config.device)
+    if config.amp == "fp16" and device.type != "cuda":
+        raise CnnlabError(f"amp='fp16' needs a CUDA GPU (its GradScaler), but training runs "
+                          f"on {device}; use --amp bf16 on the CPU")
     if datasets is None:
         size = _input_size(config, model)
         train_ds = load(config.data, "train", config.data_dir, size=size)
         test_ds = load(config.data, "test", config.data_dir, size=size)
     else:
         train_ds, test_ds = datasets
+    augment = augmentation.build(config.augment, train_ds)
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda), ops.kernels(cast(KernelName, config.kernel)):
         torch.manual_seed(config.seed)                  # initial weights and dropout
@@ -208,13 +367,17 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, progress: bool
                                   in_channels=train_ds.in_channels)
         _check_fits(model, train_ds)
         model.to(device)
-        history = _fit(model, config, run, train_ds, test_ds, device, progress)
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        history = _fit(model, config, run, (train_ds, test_ds), device, augment, progress,
+                       state)
         c, h, w = train_ds.image_shape
         run.save_model(model, {
             "model": config.model, "data": config.data, "num_classes": train_ds.num_classes,
             "in_channels": c, "input_shape": [c, h, w], "classes": list(train_ds.classes),
             "mean": list(train_ds.mean), "std": list(train_ds.std),
             "epochs": config.epochs, "cnnlab_version": cnnlab.__version__})
+        run.finish()
     last = history[-1]
     return {
         "test_top1": last["test_top1"], "test_error": last["test_error"],
@@ -233,54 +396,174 @@ def _check_fits(model: nn.Module, ds: ImageDataset) -> None:
                          f"{ds.in_channels}; build it with in_channels={ds.in_channels}")
 
 
-def _fit(model: nn.Module, config: TrainConfig, run: RunFolder, train_ds: ImageDataset,
-         test_ds: ImageDataset, device: torch.device, progress: bool) -> list[dict[str, Any]]:
+class _Run:
+    """The state of one training run that a checkpoint holds, and its saving and restoring."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig, folder: RunFolder,
+                 device: torch.device, batches: Batches, optimizer: torch.optim.Optimizer,
+                 schedule: optim.Schedule, recipe: StepRecipe) -> None:
+        self.model, self.config, self.folder, self.device = model, config, folder, device
+        self.batches, self.optimizer, self.schedule, self.recipe = (batches, optimizer,
+                                                                     schedule, recipe)
+        self.elapsed = 0.0                     # training seconds of the finished epochs
+        self.saved: tuple[int, int] | None = None   # (epoch, step) of the last checkpoint
+
+    def rng(self, shuffle_state: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        states = {"torch": torch.get_rng_state()}
+        if shuffle_state is not None:
+            states["shuffle"] = shuffle_state
+        if self.recipe.generator is not None:
+            states["augment"] = self.recipe.generator.get_state()
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        return states
+
+    def save(self, epoch: int, t: EpochTotals, shuffle_state: torch.Tensor | None,
+             seconds: float) -> None:
+        """Checkpoint: continue at batch ``t.step`` of ``epoch``, whose pass started from
+        ``shuffle_state`` and has trained ``seconds`` since ``t``'s last resumption. Refused
+        (:class:`Diverged`) when the loss or a weight is not finite."""
+        self.check_finite(t)
+        state = {
+            "config": self.config.to_dict(), "epoch": epoch, "step": t.step,
+            "global_step": t.global_step, "elapsed": self.elapsed,
+            "records": self.folder.records,
+            "totals": {"loss_sum": t.loss_sum, "correct": t.correct, "n": t.n,
+                       "seconds": t.seconds + seconds},
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": {} if self.recipe.scaler is None else self.recipe.scaler.state_dict(),
+            "schedule": self.schedule.state_dict(), "rng": self.rng(shuffle_state),
+        }
+        path = self.folder.path / CHECKPOINT
+        try:
+            checkpoint.save(path, state)
+        except OSError as err:
+            kept = (f"the checkpoint of epoch {self.saved[0]}, step {self.saved[1]} is kept"
+                    if self.saved else "no checkpoint was kept")
+            raise CnnlabError(f"could not write the checkpoint {path}: {err.strerror or err}; "
+                              f"{kept}; free space, then `cnnlab train --resume "
+                              f"{self.folder.path}`") from err
+        self.saved = (epoch, t.step)
+
+    def restore(self, state: dict[str, Any]) -> tuple[int, EpochTotals]:
+        """Load a checkpoint; the epoch to continue and its totals so far."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.recipe.scaler is not None:
+            self.recipe.scaler.load_state_dict(state["scaler"])
+        self.schedule.load_state_dict(state["schedule"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if self.device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        if self.recipe.generator is not None:
+            self.recipe.generator.set_state(rng["augment"])
+        if self.batches.generator is not None and "shuffle" in rng:
+            self.batches.generator.set_state(rng["shuffle"])
+        s = state["totals"]
+        t = EpochTotals(s["loss_sum"].to(self.device), s["correct"].to(self.device),
+                        n=int(s["n"]), step=int(state["step"]),
+                        global_step=int(state["global_step"]), seconds=float(s["seconds"]))
+        self.elapsed = float(state["elapsed"])
+        self.saved = (int(state["epoch"]), t.step)
+        return int(state["epoch"]), t
+
+    def check_finite(self, t: EpochTotals) -> None:
+        """Raise :class:`Diverged` if the epoch's loss sum or a weight is NaN or infinite
+        (one sync: a checkpoint and an epoch's end call it, not every step)."""
+        loss = t.loss_sum.item()
+        if not math.isfinite(loss):
+            raise Diverged(f"the training loss is {loss}", t.step)
+        params = [p.detach() for p in self.model.parameters()]
+        if params and not math.isfinite(nn.utils.get_total_norm(params).item()):
+            raise Diverged("a weight is infinite or NaN (the loss was finite)", t.step)
+
+
+def _fit(model: nn.Module, config: TrainConfig, folder: RunFolder,
+         data: tuple[ImageDataset, ImageDataset], device: torch.device,
+         augment: Transform | None, progress: bool, state: dict[str, Any] | None
+         ) -> list[dict[str, Any]]:
+    train_ds, test_ds = data
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ModelError(f"model {config.model!r} has no trainable parameters")
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step, config.lr_gamma)
-                 if config.lr_step else None)
-    loss_fn = loss_function(model)
+    optimizer = optim.sgd(params, config)
+    loss_fn = training_loss(model, config.label_smoothing)
+    eval_loss = loss_function(model)              # test loss: no label smoothing
     normalize = normalizer(train_ds.mean, train_ds.std, device)
     shuffle = torch.Generator().manual_seed(config.seed)
     batches = Batches(train_ds, config.batch_size, device, shuffle, config.num_workers)
-    run.start(config)
-    elapsed = 0.0                                           # seconds of training, no evaluation
-    for epoch in range(1, config.epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        with tqdm(total=len(batches), desc=f"epoch {epoch}/{config.epochs}", unit="batch",
-                  leave=False, dynamic_ncols=True, disable=None if progress else True) as bar:
+    schedule = optim.Schedule(config, len(batches))
+    recipe = StepRecipe(
+        augment=augment,
+        generator=torch.Generator().manual_seed(config.seed ^ AUGMENT_SEED),
+        amp={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp],
+        scaler=torch.amp.GradScaler(device.type) if config.amp == "fp16" else None,
+        clip_grad_norm=config.clip_grad_norm, channels_last=config.channels_last,
+        forward=cast(Callable[[torch.Tensor], torch.Tensor], torch.compile(model))
+        if config.compile else None,
+        lr_at=schedule.lr_at)
+    run = _Run(model, config, folder, device, batches, optimizer, schedule, recipe)
+    first, totals = 1, EpochTotals.zeros(device)
+    if state is not None:
+        first, totals = run.restore(state)
+    folder.start(config, state["records"] if state is not None else None)
+    every = config.checkpoint_every
+
+    for epoch in range(first, config.epochs + 1):
+        lr = schedule.lr_at((epoch - 1) * len(batches))
+        with tqdm(total=len(batches), initial=totals.step, desc=f"epoch {epoch}/{config.epochs}",
+                  unit="batch", leave=False, dynamic_ncols=True,
+                  disable=None if progress else True) as bar:
             _sync(device)
             t0 = time.perf_counter()
-            fit = train_one_epoch(model, batches, optimizer, loss_fn, normalize, bar)
+
+            def on_step(t: EpochTotals, epoch: int = epoch, t0: float = t0) -> None:
+                if every and t.global_step % every == 0 and t.step < len(batches):
+                    # mid-epoch: the pass resumes from the order drawn at its start
+                    run.save(epoch, t, batches.epoch_state, time.perf_counter() - t0)
+
+            try:
+                fit = train_one_epoch(model, batches, optimizer, loss_fn, normalize, bar,
+                                      recipe=recipe, totals=totals, on_step=on_step)
+                run.check_finite(totals)           # before the epoch is evaluated and logged
+            except Diverged as err:
+                raise _diverged(err, epoch, config, run) from None
             _sync(device)
-            seconds = time.perf_counter() - t0
-        if not math.isfinite(fit["loss"]):
-            raise CnnlabError(f"training diverged: the training loss is {fit['loss']} in epoch "
-                              f"{epoch}; lower the learning rate (lr={config.lr})")
-        elapsed += seconds
+            seconds = totals.seconds + time.perf_counter() - t0
+        run.elapsed += seconds
         t1 = time.perf_counter()
-        test = evaluate(model, test_ds, config.eval_batch_size, loss_fn,
+        test = evaluate(model, test_ds, config.eval_batch_size, eval_loss,
                         mean=train_ds.mean, std=train_ds.std)
         record = {
-            "epoch": epoch, "lr": lr,
+            "epoch": epoch, "lr": lr, "lr_end": schedule.lr_at(totals.global_step - 1),
             "train_loss": fit["loss"], "train_top1": fit["top1"],
             "test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"],
             "test_error": 1.0 - test["top1"], "test_top5_error": 1.0 - test["top5"],
             "epoch_seconds": seconds, "images_per_second": len(train_ds) / max(seconds, 1e-9),
-            "eval_seconds": time.perf_counter() - t1, "elapsed_seconds": elapsed,
+            "eval_seconds": time.perf_counter() - t1, "elapsed_seconds": run.elapsed,
         }
-        run.log(record)
-        if scheduler is not None:
-            scheduler.step()
+        folder.log(record)
+        schedule.observe(record["test_error"])
+        totals = EpochTotals.zeros(device, totals.global_step)
+        try:
+            run.save(epoch + 1, totals, shuffle.get_state(), 0.0)
+        except Diverged as err:
+            raise _diverged(err, epoch, config, run) from None
         if progress:
             tqdm.write(f"epoch {epoch}/{config.epochs}: train loss {fit['loss']:.4f} "
                        f"top-1 {100 * fit['top1']:.2f}% | test loss {test['loss']:.4f} "
                        f"top-1 {100 * test['top1']:.2f}% top-5 {100 * test['top5']:.2f}% | "
                        f"lr {lr:g} | {seconds:.1f} s, {record['images_per_second']:,.0f} img/s")
-    return run.records
+    return folder.records
+
+
+def _diverged(err: Diverged, epoch: int, config: TrainConfig, run: _Run) -> CnnlabError:
+    kept = ("no checkpoint was written" if run.saved is None else
+            f"the last good checkpoint (epoch {run.saved[0]}, step {run.saved[1]}) is kept")
+    return CnnlabError(f"training diverged: {err.what} in epoch {epoch} (by step {err.step}); "
+                       f"lower the learning rate (lr={config.lr}) or "
+                       f"clip the gradients (--clip-grad-norm); {kept}")
 
 
 def evaluate_run(run_dir: str | os.PathLike[str], data: str | None = None,

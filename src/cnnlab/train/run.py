@@ -1,9 +1,11 @@
-"""The run folder: ``config.json``, ``metrics.jsonl`` and ``model.safetensors``.
+"""The run folder: ``config.json``, ``metrics.jsonl``, ``model.safetensors`` once finished,
+and ``checkpoint.safetensors`` while unfinished (see :mod:`cnnlab.train.checkpoint`).
 
-Every write goes to a temporary file in the same folder that is then renamed over the target
-(``os.replace`` is atomic), so an interrupted run never leaves a half-written file: the
-metrics hold whole lines for the finished epochs, and the weights exist only once complete.
-Weights are safetensors; nothing is ever unpickled.
+Every write goes to a temporary file in the same folder that is flushed to disk and then
+renamed over the target (``os.replace`` is atomic), so an interrupted run or a full disk never
+leaves a half-written file: the metrics hold whole lines for the finished epochs, the last
+checkpoint stays whole until the next one has been written, and the weights exist only once
+complete. Weights are safetensors; nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from cnnlab.errors import CnnlabError, ModelError
 from cnnlab.train.config import TrainConfig
 
 CONFIG, METRICS, WEIGHTS = "config.json", "metrics.jsonl", "model.safetensors"
+CHECKPOINT = "checkpoint.safetensors"
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -38,6 +41,20 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)                  # make the rename itself durable
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:                             # e.g. Windows: folders cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -45,32 +62,78 @@ def write_text(path: Path, text: str) -> None:
 
 
 class RunFolder:
-    """Writes one run's files; refuses to replace finished results unless ``overwrite``."""
+    """Writes one run's files; refuses to replace finished results, or an unfinished run's
+    checkpoint, unless ``overwrite``. ``resume``: the folder must hold an unfinished run."""
 
-    def __init__(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], overwrite: bool = False,
+                 resume: bool = False) -> None:
         self.path = Path(path)
-        self.overwrite = overwrite
+        self.overwrite, self.resume = overwrite, resume
         self.records: list[dict[str, Any]] = []
+        where = str(self.path)
         if self.path.exists() and not self.path.is_dir():
-            raise CnnlabError(f"--out {str(self.path)!r} is a file, not a folder; pick another "
-                              "--out")
-        if (self.path / WEIGHTS).exists() and not overwrite:
-            raise CnnlabError(f"run folder {str(self.path)!r} already holds a trained model; "
+            raise CnnlabError(f"--out {where!r} is a file, not a folder; pick another --out")
+        if resume:
+            self._check_resumable()
+        elif (self.path / WEIGHTS).exists() and not overwrite:
+            raise CnnlabError(f"run folder {where!r} already holds a trained model; "
                               "pick another --out, or pass --overwrite (overwrite=True) to "
                               "replace it")
+        elif (self.path / CHECKPOINT).exists() and not overwrite:
+            from cnnlab.train.checkpoint import describe  # it builds on this module
 
-    def start(self, config: TrainConfig) -> None:
-        """Create the folder, drop stale results, write ``config.json``."""
+            at = describe(self.path / CHECKPOINT)
+            raise CnnlabError(f"run folder {where!r} holds an unfinished run (checkpoint in "
+                              f"epoch {at['epoch']} after step {at['step']}); continue it with "
+                              f"`cnnlab train --resume {where}` (resume=True), or pass "
+                              "--overwrite (overwrite=True) to start again")
+
+    def _check_resumable(self) -> None:
+        where = str(self.path)
+        if self.overwrite:
+            raise CnnlabError("resume and overwrite contradict each other: --resume continues "
+                              "the run in the folder, --overwrite starts it again; pick one")
+        if not self.path.is_dir():
+            raise CnnlabError(f"cannot resume {where!r}: no such folder; pass the --out folder "
+                              "of a run that `cnnlab train` started")
+        if not (self.path / CONFIG).is_file():
+            raise CnnlabError(f"cannot resume {where!r}: it has no {CONFIG}, so `cnnlab train` "
+                              "did not start a run there")
+        if (self.path / WEIGHTS).exists():
+            raise CnnlabError(f"cannot resume {where!r}: the run is finished ({WEIGHTS} "
+                              "exists); train a new run with another --out, or pass "
+                              "--overwrite to start it again")
+        if not (self.path / CHECKPOINT).is_file():
+            raise CnnlabError(f"cannot resume {where!r}: the run stopped before its first "
+                              f"checkpoint ({CHECKPOINT} is missing); start it again: "
+                              f"`cnnlab train MODEL --out {where}`")
+
+    def start(self, config: TrainConfig, records: list[dict[str, Any]] | None = None) -> None:
+        """Create the folder, drop stale results (a resumed run keeps ``records``, the metrics
+        of its checkpoint, and its checkpoint), write ``config.json`` and the metrics."""
         self.path.mkdir(parents=True, exist_ok=True)
-        for stale in (WEIGHTS, METRICS):      # they would not match the new config
-            (self.path / stale).unlink(missing_ok=True)
+        for tmp in self.path.glob(".*.tmp"):  # left by a kill in the middle of a write
+            if tmp.name.split(".")[1] in ("config", "metrics", "model", "checkpoint"):
+                tmp.unlink(missing_ok=True)
+        stale = (WEIGHTS, METRICS) if self.resume else (WEIGHTS, METRICS, CHECKPOINT)
+        for name in stale:                    # they would not match the new config
+            (self.path / name).unlink(missing_ok=True)
         write_text(self.path / CONFIG, json.dumps(config.to_dict(), indent=2) + "\n")
+        self.records = [dict(r) for r in records or ()]
+        if self.records:
+            self._write_metrics()
+
+    def finish(self) -> None:
+        """The model is saved: the checkpoint is no longer needed."""
+        (self.path / CHECKPOINT).unlink(missing_ok=True)
 
     def log(self, record: Mapping[str, Any]) -> None:
         """Add one epoch's metrics: ``metrics.jsonl`` is rewritten whole, atomically."""
         self.records.append(dict(record))
-        text = "".join(json.dumps(r) + "\n" for r in self.records)
-        write_text(self.path / METRICS, text)
+        self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        write_text(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def save_model(self, model: nn.Module, metadata: Mapping[str, Any]) -> Path:
         """Save the weights with ``metadata`` (values stored as JSON strings)."""

@@ -1,0 +1,71 @@
+"""A finished run as evaluation, ensembles and feature extraction read it: what it was trained
+on (input shape, mean, std, classes) without loading its weights, and the data sized for it."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cnnlab.data import ImageDataset, load
+from cnnlab.errors import CnnlabError, ShapeError
+from cnnlab.train.config import TrainConfig
+from cnnlab.train.run import CONFIG, WEIGHTS, load_run, read_metadata
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The trainer's record of one run folder (``config.json`` and the weights' metadata)."""
+
+    path: Path
+    config: TrainConfig
+    model: str                            # registry name
+    input_shape: tuple[int, int, int]     # (C, H, W) the images were sized to
+    mean: tuple[float, ...]               # per channel, what the inputs were normalised with
+    std: tuple[float, ...]
+    classes: tuple[str, ...]
+
+
+def run_info(run_dir: str | os.PathLike[str]) -> RunInfo:
+    """Read what a run was trained on, without its weights."""
+    path = Path(run_dir)
+    if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
+        load_run(path)                    # raises the error that names what is missing
+    try:
+        config = TrainConfig.from_dict(json.loads((path / CONFIG).read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CnnlabError(f"{path / CONFIG}: not valid JSON ({err}); train the run again"
+                          ) from None
+    meta = read_metadata(path / WEIGHTS)
+    try:
+        c, h, w = (int(v) for v in meta["input_shape"])
+        mean = tuple(float(v) for v in meta["mean"])
+        std = tuple(float(v) for v in meta["std"])
+        classes = tuple(str(v) for v in meta.get("classes")
+                        or range(int(meta["num_classes"])))
+    except (KeyError, TypeError, ValueError):
+        raise CnnlabError(f"{path / WEIGHTS} lacks the trainer's metadata (input_shape, mean, "
+                          "std, num_classes); train the run again with `cnnlab train`") from None
+    return RunInfo(path, config, str(meta.get("model", config.model)), (c, h, w), mean, std,
+                   classes)
+
+
+def run_data(run: RunInfo, data: str | None = None, data_dir: str | None = None,
+             split: str = "test") -> ImageDataset:
+    """``split`` of ``data`` (default: the run's own data set), sized as the run was trained.
+
+    ``data_dir`` defaults to the run's own when the data set is the run's.
+    """
+    name = data or run.config.data
+    if data_dir is None and name == run.config.data:
+        data_dir = run.config.data_dir
+    c, h, w = run.input_shape
+    ds = load(name, split, data_dir, size=(h, w))
+    if ds.in_channels != c:
+        raise ShapeError(f"the run's model takes {c}-channel images but {name} has "
+                         f"{ds.in_channels}; use a {c}-channel data set")
+    if ds.num_classes > len(run.classes):
+        raise ShapeError(f"{name} has {ds.num_classes} classes but the run's model tells "
+                         f"{len(run.classes)} apart; use a data set with as many")
+    return ds

@@ -1,0 +1,191 @@
+"""Ensembles and test-time augmentation (8.4.1): average the softmax outputs of several
+trained runs, and of several views of each image.
+
+AlexNet's winning 15.4% top-5 error came from averaging seven networks (one alone: 18.2%),
+and its test predictions averaged ten views of each image. Both are here:
+
+>>> result = evaluate_ensemble(["runs/a", "runs/b"], tta="flip")   # doctest: +SKIP
+>>> result["ensemble"]["top1"], [m["top1"] for m in result["members"]]  # doctest: +SKIP
+
+Test-time views (``tta``):
+
+- ``"none"``: the image as the run was trained on it;
+- ``"flip"``: the image and its mirror (:func:`cnnlab.data.flip_average`);
+- ``"crops"``: AlexNet's ten views (:func:`cnnlab.data.ten_crops`): the four corners, the
+  centre and their mirrors. AlexNet cut 224x224 views out of 256x256 images; here each image,
+  already at the run's input size, is first zero-padded by ``crop_padding`` pixels on every
+  side (default 1/8 of its height: 4 for 32x32, 28 for 224x224), and each view is of the
+  run's input size. So the centre view is the image itself, and the corners are it shifted by
+  ``crop_padding`` pixels with black moving in: the test-time twin of training with
+  ``RandomCrop(size, padding)``, and no resampling changes the scale of the objects.
+
+8.3.4 warns against mirrors for digits: a mirrored digit is not a digit, so ``flip`` and
+``crops`` suit data trained with reflections (CIFAR, clothing), not digits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from cnnlab.data import ImageDataset, flip_average, multi_crop
+from cnnlab.errors import CnnlabError
+from cnnlab.train._runs import RunInfo, run_data, run_info
+from cnnlab.train.loop import Batches, normalizer, resolve_device
+from cnnlab.train.metrics import topk_correct
+from cnnlab.train.run import device_of, load_run
+
+TTA = ("none", "flip", "crops")
+Views = Literal["none", "flip", "crops"]
+
+
+def default_crop_padding(height: int) -> int:
+    """Pixels of padding per side for ``"crops"``: 1/8 of the height, at least 1."""
+    return max(1, round(height / 8))
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, dataset: ImageDataset, *, tta: Views = "none",
+                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                  batch_size: int = 500, crop_padding: int | None = None,
+                  progress: bool = False, desc: str = "predict") -> torch.Tensor:
+    """Softmax outputs (N, classes) of ``model`` on ``dataset``, averaged over the test-time
+    views ``tta`` (see the module's notes), on the CPU.
+
+    Inputs are normalised with ``mean``/``std`` (default: the data set's), in eval mode.
+    """
+    _check_tta(tta)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise CnnlabError(f"batch_size must be a positive int, got {batch_size!r}")
+    if len(dataset) == 0:
+        raise CnnlabError(f"no images to predict ({dataset!r})")
+    h, w = dataset.image_shape[1:]
+    pad = default_crop_padding(h) if crop_padding is None else crop_padding
+    if not isinstance(pad, int) or pad < 1:
+        raise CnnlabError(f"crop_padding must be a positive int, got {crop_padding!r}")
+    device = device_of(model)
+    normalize = normalizer(dataset.mean if mean is None else mean,
+                           dataset.std if std is None else std, device)
+
+    def net(x: torch.Tensor) -> torch.Tensor:            # [0, 1] images -> scores
+        return model(normalize(x))
+
+    views: Callable[[torch.Tensor], torch.Tensor] = {
+        "none": lambda x: F.softmax(net(x), dim=-1),
+        "flip": lambda x: flip_average(net, x),
+        # zero (black) padding in [0, 1], before normalisation, as RandomCrop pads
+        "crops": lambda x: multi_crop(net, F.pad(x, (pad, pad, pad, pad)), (h, w)),
+    }[tta]
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for x, _ in tqdm(Batches(dataset, batch_size, device), desc=desc, unit="batch",
+                         leave=False, dynamic_ncols=True, disable=None if progress else True):
+            out.append(views(x).float().cpu())                       # N x classes
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def scores(proba: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """top1, top5, error and loss (mean negative log of the target's probability) of softmax
+    outputs (N, classes), and the count n."""
+    labels = labels.to(proba.device)
+    top1, top5 = (int(c) for c in topk_correct(proba, labels, (1, 5)))
+    target = proba.gather(1, labels.view(-1, 1)).squeeze(1)
+    loss = -target.clamp_min(torch.finfo(proba.dtype).tiny).log().mean()
+    n = len(labels)
+    return {"loss": float(loss), "top1": top1 / n, "top5": top5 / n, "error": 1 - top1 / n,
+            "n": n}
+
+
+def evaluate_ensemble(run_dirs: Sequence[str | os.PathLike[str]], data: str | None = None,
+                      data_dir: str | None = None, split: str = "test", batch_size: int = 500,
+                      tta: Views = "none", *, crop_padding: int | None = None,
+                      progress: bool = False) -> dict[str, Any]:
+    """Evaluate trained runs alone and as an ensemble that averages their softmax outputs
+    (8.4.1), each output itself averaged over the test-time views ``tta``.
+
+    The runs must tell the same classes apart at the same input size; each member sees the
+    images normalised as it was trained. ``data`` defaults to the members' own data set (which
+    must then be the same one). Returns (JSON-ready) ``data``, ``split``, ``tta``, ``n``,
+    ``members`` (one dict per run: ``run``, ``model``, ``top1``, ``top5``, ``error``,
+    ``loss``, ``n``) and ``ensemble`` (the same scores, and ``members``: how many). ``loss``
+    is the mean negative log-probability of the right class.
+    """
+    _check_tta(tta)
+    runs = _member_infos(run_dirs, same_data=data is None)
+    first = runs[0]
+    ds = run_data(first, data, data_dir, split)
+    device = resolve_device("auto")
+    total = torch.zeros(len(ds), len(first.classes))
+    members = []
+    for run in runs:
+        model, _ = load_run(run.path)
+        model.to(device)
+        proba = predict_proba(model, ds, tta=tta, mean=run.mean, std=run.std,
+                              batch_size=batch_size, crop_padding=crop_padding,
+                              progress=progress, desc=run.path.name)
+        del model
+        total += proba
+        members.append({"run": str(run.path), "model": run.model, **scores(proba, ds.labels)})
+    ensemble = scores(total / len(runs), ds.labels)
+    return {"data": ds.name, "split": split, "tta": tta, "n": len(ds), "members": members,
+            "ensemble": {"members": len(runs), **ensemble}}
+
+
+def _check_tta(tta: str) -> None:
+    if tta not in TTA:
+        raise CnnlabError(f"unknown test-time augmentation {tta!r}: use 'none', 'flip' (the "
+                          "image and its mirror) or 'crops' (AlexNet's ten views)")
+
+
+def _member_infos(run_dirs: Sequence[str | os.PathLike[str]], same_data: bool
+                  ) -> list[RunInfo]:
+    """The runs' records, refused unless they can be averaged: same classes and input shape,
+    and the same data set when ``same_data`` (no data set was named)."""
+    if isinstance(run_dirs, str | os.PathLike):
+        run_dirs = [run_dirs]
+    paths = [Path(r) for r in run_dirs]
+    if not paths:
+        raise CnnlabError("an ensemble needs at least one run folder")
+    seen: set[Path] = set()
+    for p in paths:
+        if p.resolve() in seen:
+            raise CnnlabError(f"run {str(p)!r} is given twice; an ensemble averages each "
+                              "member once")
+        seen.add(p.resolve())
+    runs = [run_info(p) for p in paths]
+    first = runs[0]
+    for run in runs[1:]:
+        if run.classes != first.classes:
+            raise CnnlabError(
+                f"{run.path} tells {len(run.classes)} classes apart ({_few(run.classes)}) but "
+                f"{first.path} tells {len(first.classes)} ({_few(first.classes)}); an ensemble "
+                "averages the same classes' probabilities: use runs trained on the same classes")
+        if run.input_shape != first.input_shape:
+            raise CnnlabError(
+                f"{run.path} takes {_size(run.input_shape)} images but {first.path} takes "
+                f"{_size(first.input_shape)}; use runs trained at the same input size")
+        if same_data and run.config.data != first.config.data:
+            raise CnnlabError(
+                f"{run.path} was trained on {run.config.data} but {first.path} on "
+                f"{first.config.data}; pass --data NAME (data=...) to evaluate every member on "
+                "one data set")
+    return runs
+
+
+def _few(classes: Sequence[str]) -> str:
+    return ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
+
+
+def _size(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape))
