@@ -32,7 +32,7 @@ FAMILIES: list[tuple[str, str, dict[str, Any]]] = [
     ("ResNet-110 stochastic depth", "resnet110_stochastic_depth", {}),
     ("pre-activation ResNet-164", "preact_resnet164", {}),
     ("WRN-16-8", "wrn_16_8", {}),
-    ("ResNeXt-29 4x16d", "resnext29_4x16d", {}),
+    ("ResNeXt-29 2x64d", "resnext29_2x64d", {}),
     ("DenseNet-BC-100 (k=12)", "densenet_bc_100_12", {}),
     ("highway network", "highway_cifar", {}),
     ("FractalNet-20", "fractalnet20_cifar", {}),

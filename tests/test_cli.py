@@ -73,7 +73,9 @@ def test_train_then_eval_on_the_embedded_digits(tmp_path, capsys):
     assert code == 0 and "test accuracy" in out
     accuracy = float(out.split("test accuracy ")[1].split("%")[0])
     assert accuracy > 50                    # two epochs on 1,437 digits, 10 classes
-    assert {p.name for p in out_dir.iterdir()} == {"config.json", "metrics.jsonl", "model.safetensors"}
+    assert {p.name for p in out_dir.iterdir()} == {"config.json", "metrics.jsonl", "model.safetensors",
+                                                "confusion.json", "curves.png",
+                                                "confusion.png", "tensorboard"}
     code, out, _ = run(capsys, "eval", str(out_dir), "--json")
     assert code == 0 and abs(100 * json.loads(out)["top1"] - accuracy) < 0.01
     # a second run into the same folder is refused, and nothing there changes

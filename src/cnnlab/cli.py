@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -125,6 +126,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = TrainConfig.for_model(fields)
     result = train(config, progress=not args.quiet, overwrite=args.overwrite,
                    resume=bool(args.resume))
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return 0                                        # torchrun: rank 0 reports
     print(f"test accuracy {100 * result['test_top1']:.2f}% (error {100 * result['test_error']:.2f}%)"
           f" after {config.epochs} epochs, {result['seconds']:.0f} s; run saved in {config.out}")
     return 0
@@ -221,6 +224,14 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from cnnlab.train.plots import plot_run
+
+    for path in plot_run(args.run):
+        print(path)
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from cnnlab import data
 
@@ -305,6 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "STEPS steps too (default 0: at each epoch's end only)")
     p.add_argument("--resume", metavar="RUN", help="continue the unfinished run in folder RUN "
                    "from its last checkpoint")
+    p.add_argument("--init", metavar="PATH", help="start from pretrained weights: a run folder, "
+                   "a .safetensors or a torchvision .pth state dict (the output layer is "
+                   "replaced when the class count differs)")
+    p.add_argument("--freeze-until", metavar="LAYER", help="fine-tune only the layers after "
+                   "LAYER (a chapter name such as conv5 or fc6, or a module path)")
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction,
+                   help="write TensorBoard events in RUN/tensorboard (default on)")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction,
+                   help="draw RUN/curves.png and RUN/confusion.png at the end (default on)")
     p.add_argument("--out", help="run folder (default runs/MODEL-DATA)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder's results")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -351,6 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("plot", help="redraw a run's curves.png and confusion.png",
+                       description="Draw RUN/curves.png (loss, top-1/top-5 error and learning "
+                       "rate per epoch) and RUN/confusion.png (the last evaluation's confusion "
+                       "matrix, rows normalised) from the run's metrics.jsonl and "
+                       "confusion.json. `cnnlab train` draws them at the end already.")
+    p.add_argument("run", help="run folder written by `cnnlab train`")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("download", help="fetch a data set from its publisher, checksums verified")
     p.add_argument("name", choices=["mnist", "fashion-mnist", "cifar10", "cifar100"])

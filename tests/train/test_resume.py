@@ -30,6 +30,10 @@ from cnnlab.train import (
 )
 from cnnlab.train import loop as loop_mod
 
+# what a finished run folder holds
+FINISHED = ["config.json", "confusion.json", "confusion.png", "curves.png", METRICS, WEIGHTS,
+            "tensorboard"]
+
 TIMING = {"epoch_seconds", "images_per_second", "eval_seconds", "elapsed_seconds"}
 
 
@@ -129,8 +133,7 @@ def test_a_killed_run_resumes_bit_identical(tmp_path, digits, reference, kill_at
     assert same_weights(reference, tmp_path / "run")
     assert metrics(tmp_path / "run") == metrics(reference)      # losses and accuracies too
     assert [r["epoch"] for r in result["history"]] == [1, 2, 3]
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
-        "config.json", METRICS, WEIGHTS]                          # checkpoint gone when done
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == FINISHED  # no checkpoint
 
 
 def test_killed_twice_still_bit_identical(tmp_path, digits, reference):
@@ -160,7 +163,8 @@ def test_the_checkpoint_is_one_safetensors_file_with_json_state(tmp_path, digits
     assert {"model.conv.weight", "model.fc.bias", "rng.torch", "rng.shuffle", "rng.augment",
             "totals.loss_sum", "optimizer.state.0.momentum_buffer"} <= names
     assert state["optimizer"]["param_groups"][0]["nesterov"] is True
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [CHECKPOINT, "config.json"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [CHECKPOINT, "config.json",
+                                                                  "tensorboard"]
     back = checkpoint.load(path)
     assert back["rng"]["torch"].dtype == torch.uint8
     assert list(back["optimizer"]["state"]) == [0, 1, 2, 3]           # int keys come back
@@ -294,7 +298,8 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, digits, referenc
                                           r"device; the checkpoint of epoch 2, step 0 is kept; "
                                           r"free space, then `cnnlab train --resume"):
         train(config(tmp_path), tiny(), progress=False, datasets=digits)
-    assert sorted(p.name for p in run.iterdir()) == [CHECKPOINT, "config.json", METRICS]
+    assert sorted(p.name for p in run.iterdir()) == [CHECKPOINT, "config.json", METRICS,
+                                             "tensorboard"]
     assert checkpoint.describe(run / CHECKPOINT)["global_step"] == 5
     monkeypatch.setattr(checkpoint, "save_file", real)
     train(resume_config(run), tiny(), progress=False, datasets=digits, resume=True)
@@ -349,7 +354,7 @@ def test_what_may_change_on_resume(tmp_path, digits):
     run = tmp_path / "run"
     with pytest.raises(CnnlabError, match=r"cannot resume with seed=1: the run was started with "
                                           r"seed=0, .* only epochs, out, data_dir, device, "
-                                          r"num_workers, eval_batch_size may change"):
+                                          r"num_workers, eval_batch_size, tensorboard, plots may change"):
         train(resume_config(run, seed=1), tiny(), progress=False, datasets=digits, resume=True)
     with pytest.raises(CnnlabError, match=r"cannot resume with epochs=1: the checkpoint is "
                                           r"part way through epoch 2 already"):

@@ -27,6 +27,10 @@ from cnnlab.train import (
 )
 from cnnlab.train import run as run_mod
 
+# what a finished run folder holds
+FINISHED = ["config.json", "confusion.json", "confusion.png", "curves.png", METRICS, WEIGHTS,
+            "tensorboard"]
+
 RECORD_KEYS = {"epoch", "lr", "lr_end", "train_loss", "train_top1", "test_loss", "test_top1",
                "test_top5", "test_error", "test_top5_error", "epoch_seconds", "images_per_second",
                "eval_seconds", "elapsed_seconds"}
@@ -87,7 +91,7 @@ def test_loss_falls_and_the_run_folder_is_written(tmp_path, digits):
     assert result["time_to_accuracy"]["elapsed_seconds"] == [r["elapsed_seconds"]
                                                              for r in history]
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", METRICS, WEIGHTS]
+    assert sorted(p.name for p in run.iterdir()) == FINISHED
     lines = (run / METRICS).read_text().splitlines(keepends=True)
     assert len(lines) == 3 and all(line.endswith("\n") for line in lines)
     records = [json.loads(line) for line in lines]
@@ -179,7 +183,8 @@ def test_failure_part_way_leaves_whole_files_only(tmp_path, digits, error):
     with pytest.raises(error, match="boom"):
         train(config(tmp_path, epochs=3), Breaks(), progress=False, datasets=digits)
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == [CHECKPOINT, "config.json", METRICS]
+    assert sorted(p.name for p in run.iterdir()) == [CHECKPOINT, "config.json", METRICS,
+                                             "tensorboard"]
     lines = (run / METRICS).read_text().splitlines(keepends=True)
     assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1
     assert checkpoint.describe(run / CHECKPOINT) == {"epoch": 2, "step": 0, "global_step": 10}

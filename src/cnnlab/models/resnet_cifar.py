@@ -26,8 +26,9 @@ Registered models (parameters at 10 classes, measured; the papers' figures in br
 - ``wrn_28_10`` (36,479,194 [36.5M]), ``wrn_16_8`` (10,961,370 [11.0M]), ``wrn_40_4``
   (8,949,210 [8.9M]): WRN-d-k, pre-activation basic units 16k, 32k, 64k wide, (d - 4) / 6 per
   stage, optional dropout between the two convolutions;
-- ``resnext29_8x64d`` (34,426,698 [34.4M]) and ``resnext29_16x64d`` (68,155,210 [68.1M]):
-  three stages of three bottleneck units whose 3x3 has 8 (16) groups of 64 maps in stage 1,
+- ``resnext29_2x64d`` (9,130,314), ``resnext29_8x64d`` (34,426,698 [34.4M]) and
+  ``resnext29_16x64d`` (68,155,210 [68.1M]): three stages of three bottleneck units whose
+  3x3 has 2 (8, 16) groups of 64 maps in stage 1,
   twice that in each later stage, 256-512-1024 output maps. (Table 7's figures fit the
   counts without the FC layer: 34,416,448 and 68,144,960.)
 
@@ -428,6 +429,13 @@ def wrn_40_4(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0,
              **options: Any) -> CifarResNet:
     """Wide ResNet WRN-40-4: 6 units per stage, 64-128-256 filters"""
     return wide_resnet_cifar(40, 4, dropout, num_classes, in_channels, **options)
+
+
+@register("resnext29_2x64d", input_shape=(3, 32, 32), section="8.4.5", recipe=_WIDE_RECIPE)
+def resnext29_2x64d(num_classes: int = 10, in_channels: int = 3, **options: Any
+                    ) -> CifarResNet:
+    """ResNeXt-29 (2x64d) for CIFAR (Xie et al., Fig. 7): the smallest of its cardinality sweep"""
+    return resnext_cifar(29, 2, 64, num_classes, in_channels, **options)
 
 
 @register("resnext29_8x64d", input_shape=(3, 32, 32), section="8.4.5", recipe=_WIDE_RECIPE)

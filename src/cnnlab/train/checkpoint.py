@@ -38,7 +38,8 @@ from cnnlab.train.run import CHECKPOINT, CONFIG, atomic_write
 FORMAT = "cnnlab-checkpoint/1"
 
 # what may differ between a run and its resumption: where things are, and how far it goes
-RESUMABLE = ("epochs", "out", "data_dir", "device", "num_workers", "eval_batch_size")
+RESUMABLE = ("epochs", "out", "data_dir", "device", "num_workers", "eval_batch_size",
+             "tensorboard", "plots")
 _LENGTH_DEPENDENT = ("cosine", "onecycle")     # schedules whose curve depends on epochs
 
 

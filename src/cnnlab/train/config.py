@@ -56,6 +56,12 @@ class TrainConfig:
     compile: bool = False           # torch.compile the model for training
     # -- checkpoints (cnnlab.train.checkpoint)
     checkpoint_every: int = 0       # also checkpoint every this many steps; 0 = each epoch only
+    # -- transfer learning (8.4.7; cnnlab.train.transfer)
+    init: str | None = None         # start from these weights: a run folder, .safetensors, .pth
+    freeze_until: str | None = None  # train only the layers after this one ("conv5", "fc6")
+    # -- outputs beside metrics.jsonl
+    tensorboard: bool = True        # TensorBoard events in RUN/tensorboard/
+    plots: bool = True              # RUN/curves.png, RUN/confusion.png at the end
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -193,4 +199,9 @@ _RULES: dict[str, tuple[type | None, Callable[[Any], bool | str], str]] = {
     "channels_last": (bool, _any, "True or False"),
     "compile": (bool, _any, "True or False"),
     "checkpoint_every": (int, lambda v: v >= 0, "an int >= 0 (steps; 0: at epoch ends only)"),
+    "init": (None, lambda v: v is None or bool(v),
+             "a run folder, a .safetensors or a .pth file"),
+    "freeze_until": (None, lambda v: v is None or bool(v), "a layer name such as conv5 or fc6"),
+    "tensorboard": (bool, _any, "True or False"),
+    "plots": (bool, _any, "True or False"),
 }

@@ -44,9 +44,10 @@ from cnnlab.data import ImageDataset, load
 from cnnlab.data.augment import Transform
 from cnnlab.errors import CnnlabError, ModelError, ShapeError
 from cnnlab.ops import KernelName
-from cnnlab.train import augmentation, checkpoint, optim
+from cnnlab.train import augmentation, checkpoint, distributed, optim
 from cnnlab.train.config import TrainConfig
-from cnnlab.train.metrics import topk_correct
+from cnnlab.train.distributed import Context
+from cnnlab.train.metrics import ConfusionMeter, topk_correct
 from cnnlab.train.run import CHECKPOINT, WEIGHTS, RunFolder, device_of, load_run, read_metadata
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -103,9 +104,13 @@ class Batches:
     """
 
     def __init__(self, dataset: ImageDataset, batch_size: int, device: torch.device,
-                 generator: torch.Generator | None = None, num_workers: int = 0) -> None:
+                 generator: torch.Generator | None = None, num_workers: int = 0,
+                 context: Context | None = None) -> None:
         self.dataset, self.batch_size, self.device = dataset, batch_size, device
         self.generator, self.num_workers = generator, num_workers
+        # data parallel: every process draws the same global batches and takes its share
+        self.context = context or Context()
+        self.global_size = 0                            # size of the last global batch drawn
         self.epoch_state: torch.Tensor | None = None   # generator state before this pass
         if num_workers == 0:
             self.images = dataset.images.to(device)
@@ -116,7 +121,8 @@ class Batches:
         self._loader: DataLoader[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def __len__(self) -> int:
-        return math.ceil(len(self.dataset) / self.batch_size)
+        n, last = divmod(len(self.dataset), self.batch_size)
+        return n + (last > 0 and last >= self.context.world_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iterate()
@@ -131,9 +137,17 @@ class Batches:
             self.epoch_state = self.generator.get_state()
             order = torch.randperm(n, generator=self.generator)
         chunks = order.split(self.batch_size)[start:]
+        if self.context.distributed:
+            # a last batch smaller than the number of processes would leave one without data
+            world = self.context.world_size
+            self._sizes = [len(c) for c in chunks if len(c) >= world]
+            chunks = tuple(self.context.shard(c) for c in chunks if len(c) >= world)
+        else:
+            self._sizes = [len(c) for c in chunks]
         if self.num_workers == 0:
-            for idx in chunks:
+            for size, idx in zip(self._sizes, chunks, strict=True):
                 idx = idx.to(self.device)
+                self.global_size = size
                 yield self.images[idx], self.labels[idx]
             return
         self._sampler.batches = [c.tolist() for c in chunks]
@@ -143,7 +157,8 @@ class Batches:
                                       num_workers=self.num_workers, generator=self.worker_rng,
                                       pin_memory=cuda, prefetch_factor=PREFETCH,
                                       persistent_workers=True)
-        for x, y in self._loader:
+        for size, (x, y) in zip(self._sizes, self._loader, strict=True):
+            self.global_size = size
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
@@ -231,7 +246,14 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
             x = x.contiguous(memory_format=torch.channels_last)
         with r.autocast(batches.device):
             out = forward(x)                                    # N x classes
-        loss = loss_fn(out if r.amp is None else out.float(), y)
+        if r.amp is not None:
+            out = _to_float(out)
+        loss = loss_fn(out, y)
+        t.loss_sum.add_(loss.detach(), alpha=len(y))          # no sync: tensors, not floats
+        # GoogLeNet's auxiliary heads: a tuple in training, the main scores first
+        scores = out[0] if isinstance(out, tuple) else out
+        if batches.context.distributed:     # DDP averages gradients over the processes
+            loss = loss * batches.context.shard_weight(len(y), batches.global_size)
         optimizer.zero_grad(set_to_none=True)
         if r.scaler is not None:
             r.scaler.scale(loss).backward()
@@ -245,8 +267,7 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
             if r.clip_grad_norm:
                 nn.utils.clip_grad_norm_(params, r.clip_grad_norm)
             optimizer.step()
-        t.loss_sum.add_(loss.detach(), alpha=len(y))          # no sync: tensors, not floats
-        t.correct.add_(out.detach().argmax(dim=1).eq(y).sum())
+        t.correct.add_(scores.detach().argmax(dim=1).eq(y).sum())
         t.n += len(y)
         t.step += 1
         t.global_step += 1
@@ -259,16 +280,26 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
                 bar.set_postfix(loss=f"{value:.4f}", refresh=False)
         if on_step is not None:
             on_step(t)
-    n = max(t.n, 1)
-    return {"loss": t.loss_sum.item() / n, "top1": t.correct.item() / n, "n": float(t.n)}
+    ctx = batches.context
+    loss_sum, correct = distributed.all_sum(ctx, t.loss_sum), distributed.all_sum(ctx, t.correct)
+    n = int(distributed.all_sum(ctx, torch.tensor(t.n)).item())
+    return {"loss": loss_sum.item() / max(n, 1), "top1": correct.item() / max(n, 1),
+            "n": float(n)}
+
+
+def _to_float(out: Any) -> Any:
+    """Autocast's low-precision scores (or tuple of scores) as float32 for the loss."""
+    return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: ImageDataset, batch_size: int = 500,
              loss_fn: LossFn | None = None, *, mean: Sequence[float] | None = None,
-             std: Sequence[float] | None = None) -> dict[str, float]:
+             std: Sequence[float] | None = None, meter: ConfusionMeter | None = None
+             ) -> dict[str, float]:
     """Mean loss, top-1 and top-5 accuracy of ``model`` on ``dataset``, and the count ``n``.
 
+    ``meter``: also accumulate the confusion matrix (true class x predicted class) there.
     Inputs are normalised with ``mean``/``std`` (default: the data set's own statistics; pass
     the training set's when evaluating on another set). ``loss_fn`` defaults to the model's
     own ``loss`` method, else cross-entropy. The model's train/eval mode is restored after.
@@ -291,6 +322,8 @@ def evaluate(model: nn.Module, dataset: ImageDataset, batch_size: int = 500,
             c1, c5 = topk_correct(out, y, (1, 5))
             top1 += c1
             top5 += c5
+            if meter is not None:
+                meter.update(out, y)
     finally:
         model.train(was_training)
     n = len(dataset)
@@ -341,12 +374,14 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, progress: bool
     >>> result = train(TrainConfig("lenet5", epochs=1, out="/tmp/run"), progress=False)  # doctest: +SKIP
     """
     start = time.perf_counter()
-    run = RunFolder(config.out or "", overwrite, resume)    # refuses before any slow work
+    ctx = distributed.context_from_env()                # torchrun's RANK and WORLD_SIZE
+    # refuses before any slow work
+    run = RunFolder(config.out or "", overwrite, resume, writer=ctx.is_main)
     state = checkpoint.load(run.path / CHECKPOINT) if resume else None
     if state is not None:
         checkpoint.check_resume(TrainConfig.from_dict(state["config"]), config,
                                 int(state["epoch"]), int(state["step"]))
-    device = resolve_device(config.device)
+    device = ctx.device(resolve_device(config.device))
     if config.amp == "fp16" and device.type != "cuda":
         raise CnnlabError(f"amp='fp16' needs a CUDA GPU (its GradScaler), but training runs "
                           f"on {device}; use --amp bf16 on the CPU")
@@ -358,26 +393,34 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, progress: bool
         train_ds, test_ds = datasets
     augment = augmentation.build(config.augment, train_ds)
     cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda), ops.kernels(cast(KernelName, config.kernel)):
-        torch.manual_seed(config.seed)                  # initial weights and dropout
-        if model is None:
-            from cnnlab import models
+    ctx = distributed.setup(device)                     # joins the process group under torchrun
+    try:
+        with torch.random.fork_rng(devices=cuda), ops.kernels(cast(KernelName, config.kernel)):
+            torch.manual_seed(config.seed)              # initial weights and dropout
+            if model is None:
+                from cnnlab import models
 
-            model = models.create(config.model, num_classes=train_ds.num_classes,
-                                  in_channels=train_ds.in_channels)
-        _check_fits(model, train_ds)
-        model.to(device)
-        if config.channels_last:
-            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        history = _fit(model, config, run, (train_ds, test_ds), device, augment, progress,
-                       state)
-        c, h, w = train_ds.image_shape
-        run.save_model(model, {
-            "model": config.model, "data": config.data, "num_classes": train_ds.num_classes,
-            "in_channels": c, "input_shape": [c, h, w], "classes": list(train_ds.classes),
-            "mean": list(train_ds.mean), "std": list(train_ds.std),
-            "epochs": config.epochs, "cnnlab_version": cnnlab.__version__})
-        run.finish()
+                model = models.create(config.model, num_classes=train_ds.num_classes,
+                                      in_channels=train_ds.in_channels)
+            _check_fits(model, train_ds)
+            _transfer(model, config, fresh=state is None)
+            model.to(device)
+            if config.channels_last:
+                model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            history, meter = _fit(model, config, run, (train_ds, test_ds), device, augment,
+                                  progress, state, ctx)
+            c, h, w = train_ds.image_shape
+            run.save_model(model, {
+                "model": config.model, "data": config.data, "num_classes": train_ds.num_classes,
+                "in_channels": c, "input_shape": [c, h, w], "classes": list(train_ds.classes),
+                "mean": list(train_ds.mean), "std": list(train_ds.std),
+                "epochs": config.epochs, "cnnlab_version": cnnlab.__version__})
+            if run.writer:
+                _write_outputs(run, config, meter, list(test_ds.classes))
+            run.finish()
+            distributed.barrier(ctx)                    # the folder is complete for everyone
+    finally:
+        distributed.teardown(ctx)
     last = history[-1]
     return {
         "test_top1": last["test_top1"], "test_error": last["test_error"],
@@ -387,6 +430,29 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, progress: bool
         "time_to_accuracy": {"elapsed_seconds": [r["elapsed_seconds"] for r in history],
                              "test_top1": [r["test_top1"] for r in history]},
     }
+
+
+def _transfer(model: nn.Module, config: TrainConfig, fresh: bool) -> None:
+    """``--init`` (not on resume: the checkpoint holds the weights) and ``--freeze-until``."""
+    from cnnlab.train.transfer import freeze_until, load_pretrained
+
+    if config.init and fresh:
+        load_pretrained(model, config.init)     # the head stays fresh for another class count
+    if config.freeze_until:
+        freeze_until(model, config.freeze_until)
+
+
+def _write_outputs(run: RunFolder, config: TrainConfig, meter: ConfusionMeter,
+                   classes: list[str]) -> None:
+    """The last evaluation's confusion matrix (JSON) and, with ``plots``, the PNG plots."""
+    from cnnlab.train.metrics import write_confusion
+
+    names = classes if len(classes) == meter.matrix.shape[0] else None
+    write_confusion(run.path, meter.matrix, names)
+    if config.plots:
+        from cnnlab.train.plots import write_plots
+
+        write_plots(run.path, run.records, meter.matrix, names)
 
 
 def _check_fits(model: nn.Module, ds: ImageDataset) -> None:
@@ -435,6 +501,9 @@ class _Run:
             "schedule": self.schedule.state_dict(), "rng": self.rng(shuffle_state),
         }
         path = self.folder.path / CHECKPOINT
+        if not self.folder.writer:            # another process (rank 0) writes it
+            self.saved = (epoch, t.step)
+            return
         try:
             checkpoint.save(path, state)
         except OSError as err:
@@ -481,8 +550,11 @@ class _Run:
 
 def _fit(model: nn.Module, config: TrainConfig, folder: RunFolder,
          data: tuple[ImageDataset, ImageDataset], device: torch.device,
-         augment: Transform | None, progress: bool, state: dict[str, Any] | None
-         ) -> list[dict[str, Any]]:
+         augment: Transform | None, progress: bool, state: dict[str, Any] | None,
+         ctx: Context | None = None) -> tuple[list[dict[str, Any]], ConfusionMeter]:
+    """The epochs; the metrics records and the last evaluation's confusion matrix."""
+    ctx = ctx or Context()
+    progress = progress and ctx.is_main
     train_ds, test_ds = data
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -492,7 +564,7 @@ def _fit(model: nn.Module, config: TrainConfig, folder: RunFolder,
     eval_loss = loss_function(model)              # test loss: no label smoothing
     normalize = normalizer(train_ds.mean, train_ds.std, device)
     shuffle = torch.Generator().manual_seed(config.seed)
-    batches = Batches(train_ds, config.batch_size, device, shuffle, config.num_workers)
+    batches = Batches(train_ds, config.batch_size, device, shuffle, config.num_workers, ctx)
     schedule = optim.Schedule(config, len(batches))
     recipe = StepRecipe(
         augment=augment,
@@ -500,14 +572,54 @@ def _fit(model: nn.Module, config: TrainConfig, folder: RunFolder,
         amp={"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp],
         scaler=torch.amp.GradScaler(device.type) if config.amp == "fp16" else None,
         clip_grad_norm=config.clip_grad_norm, channels_last=config.channels_last,
-        forward=cast(Callable[[torch.Tensor], torch.Tensor], torch.compile(model))
-        if config.compile else None,
-        lr_at=schedule.lr_at)
+        forward=_forward(model, config, ctx, device), lr_at=schedule.lr_at)
     run = _Run(model, config, folder, device, batches, optimizer, schedule, recipe)
     first, totals = 1, EpochTotals.zeros(device)
     if state is not None:
         first, totals = run.restore(state)
     folder.start(config, state["records"] if state is not None else None)
+    meter = ConfusionMeter(max(test_ds.num_classes, _num_outputs(model, test_ds)))
+    board = None
+    if config.tensorboard and folder.writer:
+        from cnnlab.train.tensorboard import TensorBoardLogger
+
+        board = TensorBoardLogger(folder.path, resume=state is not None)
+    with board or contextlib.nullcontext():
+        _epochs(model, config, folder, (train_ds, test_ds), device, progress, run, batches,
+                (first, totals), (loss_fn, eval_loss, normalize), meter, board)
+    return folder.records, meter
+
+
+def _num_outputs(model: nn.Module, ds: ImageDataset) -> int:
+    return int(getattr(model, "num_classes", ds.num_classes))
+
+
+def _forward(model: nn.Module, config: TrainConfig, ctx: Context, device: torch.device
+             ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What a training step calls instead of ``model``: DistributedDataParallel around it
+    under torchrun, compiled with ``compile``; None: the model itself."""
+    forward: nn.Module | None = None
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        forward = DistributedDataParallel(model, device_ids=ids)
+    if config.compile:
+        forward = cast(nn.Module, torch.compile(model if forward is None else forward))
+    return None if forward is None else cast(Callable[[torch.Tensor], torch.Tensor], forward)
+
+
+def _epochs(model: nn.Module, config: TrainConfig, folder: RunFolder,
+            data: tuple[ImageDataset, ImageDataset], device: torch.device, progress: bool,
+            run: _Run, batches: Batches, start: tuple[int, EpochTotals],
+            losses: tuple[LossFn, LossFn, Normalize], meter: ConfusionMeter,
+            board: Any) -> None:
+    train_ds, test_ds = data
+    first, totals = start
+    loss_fn, eval_loss, normalize = losses
+    optimizer, schedule, recipe = run.optimizer, run.schedule, run.recipe
+    shuffle = batches.generator
+    assert shuffle is not None
     every = config.checkpoint_every
 
     for epoch in range(first, config.epochs + 1):
@@ -533,17 +645,20 @@ def _fit(model: nn.Module, config: TrainConfig, folder: RunFolder,
             seconds = totals.seconds + time.perf_counter() - t0
         run.elapsed += seconds
         t1 = time.perf_counter()
+        meter.reset()
         test = evaluate(model, test_ds, config.eval_batch_size, eval_loss,
-                        mean=train_ds.mean, std=train_ds.std)
+                        mean=train_ds.mean, std=train_ds.std, meter=meter)
         record = {
             "epoch": epoch, "lr": lr, "lr_end": schedule.lr_at(totals.global_step - 1),
-            "train_loss": fit["loss"], "train_top1": fit["top1"],
+            "train_loss": fit["loss"], "train_top1": fit["top1"], "train_images": int(fit["n"]),
             "test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"],
             "test_error": 1.0 - test["top1"], "test_top5_error": 1.0 - test["top5"],
             "epoch_seconds": seconds, "images_per_second": len(train_ds) / max(seconds, 1e-9),
             "eval_seconds": time.perf_counter() - t1, "elapsed_seconds": run.elapsed,
         }
         folder.log(record)
+        if board is not None:
+            board.log(record)
         schedule.observe(record["test_error"])
         totals = EpochTotals.zeros(device, totals.global_step)
         try:
@@ -555,7 +670,6 @@ def _fit(model: nn.Module, config: TrainConfig, folder: RunFolder,
                        f"top-1 {100 * fit['top1']:.2f}% | test loss {test['loss']:.4f} "
                        f"top-1 {100 * test['top1']:.2f}% top-5 {100 * test['top5']:.2f}% | "
                        f"lr {lr:g} | {seconds:.1f} s, {record['images_per_second']:,.0f} img/s")
-    return folder.records
 
 
 def _diverged(err: Diverged, epoch: int, config: TrainConfig, run: _Run) -> CnnlabError:

@@ -63,12 +63,14 @@ def write_text(path: Path, text: str) -> None:
 
 class RunFolder:
     """Writes one run's files; refuses to replace finished results, or an unfinished run's
-    checkpoint, unless ``overwrite``. ``resume``: the folder must hold an unfinished run."""
+    checkpoint, unless ``overwrite``. ``resume``: the folder must hold an unfinished run.
+    ``writer=False`` (the other processes of a data-parallel run) checks and keeps the records
+    but writes nothing: one process, rank 0, owns the folder."""
 
     def __init__(self, path: str | os.PathLike[str], overwrite: bool = False,
-                 resume: bool = False) -> None:
+                 resume: bool = False, writer: bool = True) -> None:
         self.path = Path(path)
-        self.overwrite, self.resume = overwrite, resume
+        self.overwrite, self.resume, self.writer = overwrite, resume, writer
         self.records: list[dict[str, Any]] = []
         where = str(self.path)
         if self.path.exists() and not self.path.is_dir():
@@ -111,11 +113,16 @@ class RunFolder:
     def start(self, config: TrainConfig, records: list[dict[str, Any]] | None = None) -> None:
         """Create the folder, drop stale results (a resumed run keeps ``records``, the metrics
         of its checkpoint, and its checkpoint), write ``config.json`` and the metrics."""
+        if not self.writer:
+            self.records = [dict(r) for r in records or ()]
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         for tmp in self.path.glob(".*.tmp"):  # left by a kill in the middle of a write
-            if tmp.name.split(".")[1] in ("config", "metrics", "model", "checkpoint"):
+            if tmp.name.split(".")[1] in ("config", "metrics", "model", "checkpoint",
+                                           "confusion", "curves"):
                 tmp.unlink(missing_ok=True)
-        stale = (WEIGHTS, METRICS) if self.resume else (WEIGHTS, METRICS, CHECKPOINT)
+        outputs = (WEIGHTS, METRICS, "confusion.json", "curves.png", "confusion.png")
+        stale = outputs if self.resume else (*outputs, CHECKPOINT)
         for name in stale:                    # they would not match the new config
             (self.path / name).unlink(missing_ok=True)
         write_text(self.path / CONFIG, json.dumps(config.to_dict(), indent=2) + "\n")
@@ -125,7 +132,8 @@ class RunFolder:
 
     def finish(self) -> None:
         """The model is saved: the checkpoint is no longer needed."""
-        (self.path / CHECKPOINT).unlink(missing_ok=True)
+        if self.writer:
+            (self.path / CHECKPOINT).unlink(missing_ok=True)
 
     def log(self, record: Mapping[str, Any]) -> None:
         """Add one epoch's metrics: ``metrics.jsonl`` is rewritten whole, atomically."""
@@ -133,7 +141,8 @@ class RunFolder:
         self._write_metrics()
 
     def _write_metrics(self) -> None:
-        write_text(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in self.records))
+        if self.writer:
+            write_text(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def save_model(self, model: nn.Module, metadata: Mapping[str, Any]) -> Path:
         """Save the weights with ``metadata`` (values stored as JSON strings)."""
@@ -142,7 +151,8 @@ class RunFolder:
                  for k, v in model.state_dict().items()}
         meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
         path = self.path / WEIGHTS
-        atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
+        if self.writer:
+            atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
         return path
 
 
