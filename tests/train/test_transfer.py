@@ -308,3 +308,25 @@ def test_features_file_and_command(run, tmp_path, capsys):
     assert "has no layer 'fc9'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "y.safetensors").exists()
     assert json.loads(json.dumps(meta)) == meta
+
+
+def test_init_and_freeze_until_from_the_config_and_the_command_line(run, tmp_path, capsys):
+    """`cnnlab train lenet5_modern --init RUN --freeze-until c3`: the early layers keep the
+    pretrained weights exactly, the later ones move on."""
+    out = tmp_path / "tuned"
+    code = main(["train", "lenet5_modern", "--epochs", "1", "--batch-size", "64",
+                     "--init", str(run), "--freeze-until", "c3", "--out", str(out),
+                     "--device", "cpu", "--quiet", "--no-plots", "--no-tensorboard"])
+    assert code == 0
+    before, after = trained_state(run), load_file(str(out / "model.safetensors"))
+    early = [k for k in before if k.startswith(("features.c1", "features.c3"))]
+    assert early and all(torch.equal(after[k], before[k]) for k in early)
+    assert not torch.equal(after["head.f6.weight"], before["head.f6.weight"])
+    assert json.loads((out / "config.json").read_text())["freeze_until"] == "c3"
+
+
+def test_init_from_weights_of_another_model_names_the_mismatch(tmp_path, digits, run):
+    cfg = TrainConfig("lenet5", epochs=1, out=str(tmp_path / "x"), device="cpu",
+                      init=str(run))
+    with pytest.raises(ModelError, match="do not fit LeNet5"):
+        train(cfg, progress=False, datasets=digits)
