@@ -31,7 +31,7 @@ from cnnlab.train import run as run_mod
 FINISHED = ["config.json", "confusion.json", "confusion.png", "curves.png", METRICS, WEIGHTS,
             "tensorboard"]
 
-RECORD_KEYS = {"epoch", "lr", "lr_end", "train_loss", "train_top1", "test_loss", "test_top1",
+RECORD_KEYS = {"epoch", "lr", "lr_end", "train_loss", "train_top1", "train_images", "test_loss", "test_top1",
                "test_top5", "test_error", "test_top5_error", "epoch_seconds", "images_per_second",
                "eval_seconds", "elapsed_seconds"}
 
