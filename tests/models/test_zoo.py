@@ -142,3 +142,14 @@ def test_forward_and_backward_at_the_native_input_size(name):
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_in_channels_reaches_the_first_layer_and_the_input_shape(name):
+    """Grey images (MNIST) into an RGB architecture, or colour into LeNet: the trainer checks
+    the data against ``default_input_shape``, so it must follow ``in_channels``."""
+    channels = 3 if models.info(name).input_shape[0] == 1 else 1
+    model = _build(name, "meta", in_channels=channels).eval()
+    shape = (channels, *models.info(name).input_shape[1:])
+    assert tuple(model.default_input_shape) == shape
+    assert model(torch.zeros(2, *shape, device="meta")).shape == (2, 10)

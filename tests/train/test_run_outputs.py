@@ -32,6 +32,8 @@ def test_the_confusion_matrix_is_the_last_evaluation(finished):
     assert int(matrix.sum()) == len(test_ds)
     assert torch.equal(matrix.sum(dim=1), torch.bincount(test_ds.labels, minlength=10))
     assert int(matrix.trace()) / len(test_ds) == pytest.approx(result["test_top1"])
+    per_class = result["history"][-1]["test_per_class_top1"]     # in metrics.jsonl too
+    assert per_class == pytest.approx((matrix.diagonal() / matrix.sum(dim=1)).tolist())
     model, _ = load_run(out)
     again = evaluate(model, test_ds, mean=test_ds.mean, std=test_ds.std)
     assert again["top1"] == pytest.approx(result["test_top1"])

@@ -33,7 +33,7 @@ FINISHED = ["config.json", "confusion.json", "confusion.png", "curves.png", METR
 
 RECORD_KEYS = {"epoch", "lr", "lr_end", "train_loss", "train_top1", "train_images", "test_loss", "test_top1",
                "test_top5", "test_error", "test_top5_error", "epoch_seconds", "images_per_second",
-               "eval_seconds", "elapsed_seconds"}
+               "eval_seconds", "elapsed_seconds", "test_per_class_top1"}
 
 
 class Tiny(nn.Module):

@@ -87,6 +87,7 @@ class AlexNet(Classifier):
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> None:
         super().__init__()
+        self.default_input_shape = (in_channels, 224, 224)
         self.num_classes = num_classes
         self.features = nn.Sequential(
             cnn.Conv2d(in_channels, 64, 11, stride=4, padding=2), cnn.ReLU(),  # 55x55x64

@@ -143,6 +143,7 @@ class HighwayNet(Classifier):
                  widths: Sequence[int] = (32, 80, 128), highway_layers: Sequence[int] = (4, 5, 5),
                  gate_bias: float = -2.0, dropout: float = 0.2) -> None:
         super().__init__()
+        self.default_input_shape = (in_channels, 32, 32)
         widths, highway_layers = _check_stages(widths, highway_layers)
         _check_dropout(dropout)
         self.num_classes = num_classes

@@ -43,6 +43,7 @@ class LeNet5(Classifier):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, rbf_j: float = 1.0) -> None:
         super().__init__()
+        self.default_input_shape = (in_channels, 32, 32)
         self.num_classes, self.rbf_j = num_classes, rbf_j
         # in_channels > 1: C1 sees every input channel; the paper only had grey images
         self.features = nn.Sequential(OrderedDict(
@@ -84,6 +85,7 @@ class LeNet5Modern(Classifier):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
+        self.default_input_shape = (in_channels, 32, 32)
         self.num_classes = num_classes
         self.features = nn.Sequential(OrderedDict(
             c1=cnn.Conv2d(in_channels, 6, 5), c1_act=cnn.ReLU(),    # 28x28x6

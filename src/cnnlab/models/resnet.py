@@ -233,6 +233,7 @@ class ResNet(Classifier):
                  in_channels: int = 3, groups: int = 1, width_per_group: int = 64,
                  zero_init_residual: bool = False) -> None:
         super().__init__()
+        self.default_input_shape = (in_channels, 224, 224)
         if len(layers) != 4 or any(not isinstance(n, int) or n < 1 for n in layers):
             raise ModelError(f"an ImageNet ResNet has four stages (conv2_x .. conv5_x) of at "
                              f"least one unit each; got layers={list(layers)!r}")

@@ -195,6 +195,7 @@ class CifarResNet(Classifier):
                  stochastic_depth: float | None = None, stochastic_depth_mode: str = "batch"
                  ) -> None:
         super().__init__()
+        self.default_input_shape = (in_channels, 32, 32)
         self.num_classes, self.preact = num_classes, preact
         self.conv1 = cnn.Conv2d(in_channels, stem, 3, padding=1, bias=False)
         self.bn1 = nn.Identity() if preact else nn.BatchNorm2d(stem)

@@ -97,6 +97,7 @@ class VGG(Classifier):
     def __init__(self, config: str, num_classes: int = 1000, in_channels: int = 3,
                  batch_norm: bool = False, dropout: float = 0.5) -> None:
         super().__init__()
+        self.default_input_shape = (in_channels, 224, 224)
         self.num_classes = num_classes
         layers: list[nn.Module] = []
         names: dict[str, str] = {}

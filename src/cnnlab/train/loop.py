@@ -47,7 +47,7 @@ from cnnlab.ops import KernelName
 from cnnlab.train import augmentation, checkpoint, distributed, optim
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.distributed import Context
-from cnnlab.train.metrics import ConfusionMeter, topk_correct
+from cnnlab.train.metrics import ConfusionMeter, per_class_accuracy, topk_correct
 from cnnlab.train.run import CHECKPOINT, WEIGHTS, RunFolder, device_of, load_run, read_metadata
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -590,6 +590,11 @@ def _fit(model: nn.Module, config: TrainConfig, folder: RunFolder,
     return folder.records, meter
 
 
+def _per_class(meter: ConfusionMeter) -> list[float | None]:
+    """Top-1 accuracy of each true class (None for a class absent from the test set)."""
+    return [None if math.isnan(v) else v for v in per_class_accuracy(meter.matrix).tolist()]
+
+
 def _num_outputs(model: nn.Module, ds: ImageDataset) -> int:
     return int(getattr(model, "num_classes", ds.num_classes))
 
@@ -653,13 +658,14 @@ def _epochs(model: nn.Module, config: TrainConfig, folder: RunFolder,
             "train_loss": fit["loss"], "train_top1": fit["top1"], "train_images": int(fit["n"]),
             "test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"],
             "test_error": 1.0 - test["top1"], "test_top5_error": 1.0 - test["top5"],
+            "test_per_class_top1": _per_class(meter),
             "epoch_seconds": seconds, "images_per_second": len(train_ds) / max(seconds, 1e-9),
             "eval_seconds": time.perf_counter() - t1, "elapsed_seconds": run.elapsed,
         }
         folder.log(record)
         if board is not None:
             board.log(record)
-        schedule.observe(record["test_error"])
+        schedule.observe(1.0 - test["top1"])
         totals = EpochTotals.zeros(device, totals.global_step)
         try:
             run.save(epoch + 1, totals, shuffle.get_state(), 0.0)
