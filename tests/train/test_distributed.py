@@ -60,16 +60,44 @@ def test_bad_environment(monkeypatch, rank, world, message):
         context_from_env()
 
 
-def _train(tmp_path, name, launcher):
-    out = tmp_path / name
-    cmd = [*launcher, "-m", "cnnlab", "train", "lenet5", "--epochs", "2", "--batch-size", "64",
-           "--lr", "0.01", "--out", str(out), "--quiet", "--no-plots", "--no-tensorboard"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+TRAIN = ["train", "lenet5", "--epochs", "2", "--batch-size", "64", "--lr", "0.01", "--quiet",
+         "--no-plots", "--no-tensorboard"]
+
+# run under torchrun: both processes stop right after the mid-epoch checkpoint of step 10
+CRASH_AFTER_STEP_10 = """
+import sys
+from cnnlab import cli
+from cnnlab.train import loop
+
+save = loop._Run.save
+
+def save_then_crash(self, epoch, t, *args, **kwargs):
+    save(self, epoch, t, *args, **kwargs)
+    if epoch == 1 and t.step == 10:
+        raise SystemExit(3)
+
+loop._Run.save = save_then_crash
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _run(cmd, expect=0):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(var, None)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return out, done.stdout
+    assert (done.returncode == 0) == (expect == 0), done.stderr[-2000:]
+    return done.stdout
+
+
+def _train(tmp_path, name, launcher):
+    out = tmp_path / name
+    return out, _run([*launcher, "-m", "cnnlab", *TRAIN, "--out", str(out)])
+
+
+def _records(run):
+    return [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
 
 
 def test_torchrun_with_two_gloo_processes_matches_one_process(tmp_path):
@@ -77,8 +105,7 @@ def test_torchrun_with_two_gloo_processes_matches_one_process(tmp_path):
     64 and average their gradients, which is the single-process step up to summation order
     (LeNet-5 has neither dropout nor batch norm)."""
     one, _ = _train(tmp_path, "one", [sys.executable])
-    two, stdout = _train(tmp_path, "two", [sys.executable, "-m", "torch.distributed.run",
-                                            "--standalone", "--nproc_per_node=2"])
+    two, stdout = _train(tmp_path, "two", TORCHRUN)
     assert stdout.count("test accuracy") == 1                  # rank 0 reports, alone
     a, b = load_file(one / WEIGHTS), load_file(two / WEIGHTS)
     assert a.keys() == b.keys()
@@ -90,3 +117,25 @@ def test_torchrun_with_two_gloo_processes_matches_one_process(tmp_path):
     assert m2["train_images"] == m1["train_images"] == 1437     # each image once per epoch
     assert m1["test_top1"] > 0.5                               # it learned something
     assert not (two / "checkpoint.safetensors").exists()
+    # each process evaluated half of the test set; the confusion matrix holds all of it
+    for run in (one, two):
+        matrix = json.loads((run / "confusion.json").read_text())["matrix"]
+        assert sum(map(sum, matrix)) == 360
+
+    # killed in the middle of epoch 1 and resumed: the epoch's sums of both processes were
+    # in the checkpoint, so the records and weights equal those of the run that never stopped
+    three = tmp_path / "three"
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_AFTER_STEP_10)
+    _run([*TORCHRUN, str(script), *TRAIN, "--out", str(three), "--checkpoint-every", "10"],
+         expect=3)
+    assert (three / "checkpoint.safetensors").exists() and not (three / WEIGHTS).exists()
+    _run([*TORCHRUN, "-m", "cnnlab", "train", "--resume", str(three), "--quiet"])
+    c = load_file(three / WEIGHTS)
+    for k in b:
+        torch.testing.assert_close(c[k], b[k], rtol=0, atol=1e-6)
+    for r2, r3 in zip(_records(two), _records(three), strict=True):
+        assert r3["train_images"] == r2["train_images"] == 1437
+        assert r3["train_loss"] == pytest.approx(r2["train_loss"], rel=1e-6)
+        assert r3["train_top1"] == r2["train_top1"]
+        assert r3["test_top1"] == r2["test_top1"]

@@ -275,14 +275,16 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
             bar.update()
             if t.step % CHECK_EVERY == 1 and not bar.disable:
                 value = loss.item()                            # a sync: not every step
-                if not math.isfinite(value):
+                # under torchrun only rank 0 looks: the processes stop together at the next
+                # checkpoint or the epoch's end instead, where the check is collective
+                if not math.isfinite(value) and not batches.context.distributed:
                     raise Diverged(f"the training loss is {value}", t.step)
                 bar.set_postfix(loss=f"{value:.4f}", refresh=False)
         if on_step is not None:
             on_step(t)
     ctx = batches.context
     loss_sum, correct = distributed.all_sum(ctx, t.loss_sum), distributed.all_sum(ctx, t.correct)
-    n = int(distributed.all_sum(ctx, torch.tensor(t.n)).item())
+    n = int(distributed.all_sum(ctx, torch.tensor(t.n, device=batches.device)).item())
     return {"loss": loss_sum.item() / max(n, 1), "top1": correct.item() / max(n, 1),
             "n": float(n)}
 
@@ -295,9 +297,13 @@ def _to_float(out: Any) -> Any:
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: ImageDataset, batch_size: int = 500,
              loss_fn: LossFn | None = None, *, mean: Sequence[float] | None = None,
-             std: Sequence[float] | None = None, meter: ConfusionMeter | None = None
-             ) -> dict[str, float]:
+             std: Sequence[float] | None = None, meter: ConfusionMeter | None = None,
+             context: Context | None = None) -> dict[str, float]:
     """Mean loss, top-1 and top-5 accuracy of ``model`` on ``dataset``, and the count ``n``.
+
+    ``context``: under torchrun, each process evaluates its own contiguous part of the data
+    set and the sums (and the meter's counts) are added up over the processes, so every
+    process returns the figures of the whole set.
 
     ``meter``: also accumulate the confusion matrix (true class x predicted class) there.
     Inputs are normalised with ``mean``/``std`` (default: the data set's own statistics; pass
@@ -310,13 +316,17 @@ def evaluate(model: nn.Module, dataset: ImageDataset, batch_size: int = 500,
     loss_fn = loss_fn or loss_function(model)
     normalize = normalizer(dataset.mean if mean is None else mean,
                            dataset.std if std is None else std, device)
+    ctx = context or Context()
+    n = len(dataset)
+    part = dataset if not ctx.distributed else dataset.subset(
+        slice(ctx.rank * n // ctx.world_size, (ctx.rank + 1) * n // ctx.world_size))
     was_training = model.training
     model.eval()
     total_loss = torch.zeros((), device=device)
     top1 = torch.zeros((), dtype=torch.long, device=device)
     top5 = torch.zeros((), dtype=torch.long, device=device)
     try:
-        for x, y in Batches(dataset, batch_size, device):
+        for x, y in Batches(part, batch_size, device) if len(part) else ():
             out = model(normalize(x))
             total_loss += loss_fn(out, y) * len(y)
             c1, c5 = topk_correct(out, y, (1, 5))
@@ -326,7 +336,10 @@ def evaluate(model: nn.Module, dataset: ImageDataset, batch_size: int = 500,
                 meter.update(out, y)
     finally:
         model.train(was_training)
-    n = len(dataset)
+    if ctx.distributed:
+        total_loss, top1, top5 = (distributed.all_sum(ctx, v) for v in (total_loss, top1, top5))
+        if meter is not None:
+            meter.reduce(functools.partial(distributed.all_sum, ctx), device)
     return {"loss": total_loss.item() / n, "top1": top1.item() / n, "top5": top5.item() / n,
             "n": n}
 
@@ -488,13 +501,15 @@ class _Run:
              seconds: float) -> None:
         """Checkpoint: continue at batch ``t.step`` of ``epoch``, whose pass started from
         ``shuffle_state`` and has trained ``seconds`` since ``t``'s last resumption. Refused
-        (:class:`Diverged`) when the loss or a weight is not finite."""
-        self.check_finite(t)
+        (:class:`Diverged`) when the loss or a weight is not finite. Under torchrun the
+        epoch's sums are those of all processes (rank 0 takes them back on resumption)."""
+        loss_sum, correct, n = self.epoch_sums(t)
+        self.check_finite(t, loss_sum)
         state = {
             "config": self.config.to_dict(), "epoch": epoch, "step": t.step,
             "global_step": t.global_step, "elapsed": self.elapsed,
             "records": self.folder.records,
-            "totals": {"loss_sum": t.loss_sum, "correct": t.correct, "n": t.n,
+            "totals": {"loss_sum": loss_sum, "correct": correct, "n": n,
                        "seconds": t.seconds + seconds},
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": {} if self.recipe.scaler is None else self.recipe.scaler.state_dict(),
@@ -530,17 +545,30 @@ class _Run:
         if self.batches.generator is not None and "shuffle" in rng:
             self.batches.generator.set_state(rng["shuffle"])
         s = state["totals"]
-        t = EpochTotals(s["loss_sum"].to(self.device), s["correct"].to(self.device),
-                        n=int(s["n"]), step=int(state["step"]),
-                        global_step=int(state["global_step"]), seconds=float(s["seconds"]))
+        t = EpochTotals.zeros(self.device, int(state["global_step"]))
+        t.step, t.seconds = int(state["step"]), float(s["seconds"])
+        if self.batches.context.is_main:       # the sums of all processes, counted once
+            t.loss_sum, t.correct = s["loss_sum"].to(self.device), s["correct"].to(self.device)
+            t.n = int(s["n"])
         self.elapsed = float(state["elapsed"])
         self.saved = (int(state["epoch"]), t.step)
         return int(state["epoch"]), t
 
-    def check_finite(self, t: EpochTotals) -> None:
-        """Raise :class:`Diverged` if the epoch's loss sum or a weight is NaN or infinite
-        (one sync: a checkpoint and an epoch's end call it, not every step)."""
-        loss = t.loss_sum.item()
+    def epoch_sums(self, t: EpochTotals) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The pass's loss sum, correct count and examples so far, over all processes (a
+        collective under torchrun: every process calls it at the same step)."""
+        ctx = self.batches.context
+        if not ctx.distributed:
+            return t.loss_sum, t.correct, t.n
+        n = distributed.all_sum(ctx, torch.tensor(t.n, device=self.device))
+        return (distributed.all_sum(ctx, t.loss_sum), distributed.all_sum(ctx, t.correct),
+                int(n.item()))
+
+    def check_finite(self, t: EpochTotals, loss_sum: torch.Tensor | None = None) -> None:
+        """Raise :class:`Diverged` if the epoch's loss sum (``loss_sum``: the one over all
+        processes; default: computed here) or a weight is NaN or infinite (one sync: a
+        checkpoint and an epoch's end call it, not every step)."""
+        loss = (self.epoch_sums(t)[0] if loss_sum is None else loss_sum).item()
         if not math.isfinite(loss):
             raise Diverged(f"the training loss is {loss}", t.step)
         params = [p.detach() for p in self.model.parameters()]
@@ -652,7 +680,8 @@ def _epochs(model: nn.Module, config: TrainConfig, folder: RunFolder,
         t1 = time.perf_counter()
         meter.reset()
         test = evaluate(model, test_ds, config.eval_batch_size, eval_loss,
-                        mean=train_ds.mean, std=train_ds.std, meter=meter)
+                        mean=train_ds.mean, std=train_ds.std, meter=meter,
+                        context=batches.context)
         record = {
             "epoch": epoch, "lr": lr, "lr_end": schedule.lr_at(totals.global_step - 1),
             "train_loss": fit["loss"], "train_top1": fit["top1"], "train_images": int(fit["n"]),

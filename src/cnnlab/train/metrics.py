@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +174,19 @@ class ConfusionMeter:
 
     def per_class_accuracy(self) -> torch.Tensor:
         return per_class_accuracy(self.matrix)
+
+    def reduce(self, sum_fn: Callable[[torch.Tensor], torch.Tensor],
+               device: torch.device | str = "cpu") -> None:
+        """Make the counts those of several meters together, e.g. one per process under
+        torchrun: ``sum_fn`` maps each count tensor (on ``device``) of this meter to the
+        sum of everyone's (``functools.partial(distributed.all_sum, ctx)``)."""
+        c = self.num_classes
+        matrix = (torch.zeros(c, c, dtype=torch.long, device=device) if self._matrix is None
+                  else self._matrix)
+        correct = (torch.zeros(len(self.ks), dtype=torch.long, device=device)
+                   if self._correct is None else self._correct)
+        n = sum_fn(torch.tensor(self.n, device=device))
+        self._matrix, self._correct, self.n = sum_fn(matrix), sum_fn(correct), int(n.item())
 
 
 # --- the run folder's metrics files -----------------------------------------------------------
