@@ -52,11 +52,6 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _default_classes(input_shape: Sequence[int]) -> int:
-    """1000 for ImageNet-size models (their published heads), 10 for small-image ones."""
-    return 1000 if input_shape[-1] >= 64 else 10
-
-
 def cmd_models(args: argparse.Namespace) -> int:
     import torch
 
@@ -66,7 +61,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name in models.names():
         entry = models.info(name)
         with torch.device("meta"):  # count parameters without allocating them
-            model = models.create(name, num_classes=_default_classes(entry.input_shape))
+            model = models.create(name)
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         rows.append({"name": name, "params": params, "input": "x".join(map(str, entry.input_shape)),
                      "section": entry.section, "summary": entry.summary,
@@ -89,7 +84,7 @@ def _model_or_spec(target: str, input_shape: tuple[int, ...] | None,
     if target in models.names():
         entry = models.info(target)
         shape = input_shape or entry.input_shape
-        model = models.create(target, num_classes=num_classes or _default_classes(shape),
+        model = models.create(target, num_classes=num_classes,
                               in_channels=shape[0])
         return model, shape
     if input_shape is None:

@@ -64,8 +64,9 @@ def test_imagenet_volumes():
         "6×6×1024", "6×6×1024", "6×6×1000"]
 
 
-@pytest.mark.parametrize("name, blocks, last", [("nin_cifar", 3, "cccp6"), ("nin", 4, "cccp8")])
-def test_mlpconv_blocks_and_their_names(name, blocks, last):
+@pytest.mark.parametrize("name, blocks, last, classes", [("nin_cifar", 3, "cccp6", 10),
+                                                          ("nin", 4, "cccp8", 1000)])
+def test_mlpconv_blocks_and_their_names(name, blocks, last, classes):
     model = meta(name)
     assert [n for n in model.chapter_layers if n.startswith("mlpconv")] == \
         [f"mlpconv{i}" for i in range(1, blocks + 1)]
@@ -76,7 +77,7 @@ def test_mlpconv_blocks_and_their_names(name, blocks, last):
     # the last block's final 1x1 layer is the classifier, outside the features
     assert [type(m).__name__ for m in model.layer(f"mlpconv{blocks}")] == ["Conv2d", "ReLU"] * 2
     assert model.layer(last) is model.layer("classifier") is model.classifier
-    assert model.classifier.kernel_size == (1, 1) and model.classifier.out_channels == 10
+    assert model.classifier.kernel_size == (1, 1) and model.classifier.out_channels == classes
     assert model.layer("gap") is model.gap and model.layer("conv1") is model.features[0].conv
 
 

@@ -105,7 +105,17 @@ def test_unknown_model_names_near_matches():
         models.create("lenet")
 
 
-@pytest.mark.parametrize("bad", [0, -3, 2.5])
+@pytest.mark.parametrize("name, classes, params", [("resnet50", 1000, 25_557_032),
+                                                    ("resnet20", 10, 269_722)])
+def test_default_class_count_is_the_published_head(name, classes, params):
+    """create("resnet50") is torchvision's resnet50 (its weights load), a CIFAR model has 10."""
+    with torch.device("meta"):
+        model = models.create(name)
+    assert model.num_classes == classes
+    assert sum(p.numel() for p in model.parameters()) == params
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
 def test_bad_num_classes(bad):
     with pytest.raises(ModelError, match="num_classes must be a positive int"):
         models.create("lenet5", num_classes=bad)
@@ -152,4 +162,5 @@ def test_in_channels_reaches_the_first_layer_and_the_input_shape(name):
     model = _build(name, "meta", in_channels=channels).eval()
     shape = (channels, *models.info(name).input_shape[1:])
     assert tuple(model.default_input_shape) == shape
-    assert model(torch.zeros(2, *shape, device="meta")).shape == (2, 10)
+    classes = models.default_classes(shape)         # 1000 for ImageNet models, else 10
+    assert model(torch.zeros(2, *shape, device="meta")).shape == (2, classes)

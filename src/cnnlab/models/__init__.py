@@ -8,11 +8,12 @@ import importlib
 import pkgutil
 
 from cnnlab.models._base import Classifier
-from cnnlab.models._registry import ModelInfo, create, info, names, register
+from cnnlab.models._registry import ModelInfo, create, default_classes, info, names, register
 
 # every public module of this package is a family: a new file registers itself
 FAMILIES = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 for _family in FAMILIES:
     importlib.import_module(f"{__name__}.{_family}")
 
-__all__ = ["FAMILIES", "Classifier", "ModelInfo", "create", "info", "names", "register"]
+__all__ = ["FAMILIES", "Classifier", "ModelInfo", "create", "default_classes", "info", "names",
+           "register"]

@@ -62,14 +62,24 @@ def info(name: str) -> ModelInfo:
         raise ModelError(f"unknown model {name!r}: {hint}run `cnnlab models` to list them") from None
 
 
-def create(name: str, num_classes: int = 10, in_channels: int | None = None, **kwargs: Any
-           ) -> nn.Module:
+def default_classes(input_shape: tuple[int, ...] | list[int]) -> int:
+    """The class count a model gets unless told: 1000 for ImageNet-size inputs (the
+    published heads, so torchvision's weights load), 10 for small-image (CIFAR, MNIST) ones."""
+    return 1000 if input_shape[-1] >= 64 else 10
+
+
+def create(name: str, num_classes: int | None = None, in_channels: int | None = None,
+           **kwargs: Any) -> nn.Module:
     """Build a registered model: ``create("lenet5", num_classes=10)``.
 
-    ``in_channels`` defaults to the model's own (1 for LeNet-5, 3 for ImageNet models).
+    ``num_classes`` defaults to 1000 for ImageNet models (``create("resnet50")`` is
+    torchvision's resnet50) and 10 for the small-image ones; ``in_channels`` to the model's
+    own (1 for LeNet-5, 3 for ImageNet models).
     """
     entry = info(name)
-    if not isinstance(num_classes, int) or num_classes < 1:
+    if num_classes is None:
+        num_classes = default_classes(entry.input_shape)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ModelError(f"num_classes must be a positive int, got {num_classes!r}")
     channels = entry.input_shape[0] if in_channels is None else in_channels
     if not isinstance(channels, int) or channels < 1:
