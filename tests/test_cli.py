@@ -24,6 +24,17 @@ def test_models_lists_the_zoo_with_parameter_counts(capsys):
     assert rows["lenet5"]["params"] == 60_000 and rows["lenet5"]["recipe"]["lr"] == 0.001
 
 
+def test_a_reader_that_goes_away_is_no_error():
+    """`cnnlab models | head -1`: the listing stops quietly, with no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()                          # before the listing is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0
+    assert "Traceback" not in err and err == ""
+
+
 def test_summary_of_lenet5_shows_60000_trainable_parameters(capsys):
     code, out, _ = run(capsys, "summary", "lenet5")
     assert code == 0
