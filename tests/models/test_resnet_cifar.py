@@ -75,6 +75,19 @@ def test_variant_counts_are_the_papers(name, exact, paper):
     assert millions(model, 1) == paper
 
 
+def test_preact_resnet1001_count_is_the_papers_without_batch_norm():
+    model = meta("preact_resnet1001")
+    assert count(model) == 10_327_706
+    bn = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)
+             for p in m.parameters())
+    assert round((count(model) - bn) / 1e6, 1) == 10.2
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    # depth 1001 = the stem + 333 units of 3 convolutions + the FC layer; the 3 projection
+    # shortcuts (where the volume grows) are not counted in the depth, as in the paper
+    assert len(convs) == 1 + 3 * 333 + 3
+    assert sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 1
+
+
 def test_resnext29_16x64d_count_as_table_7_without_the_fc():
     model = meta("resnext29_16x64d")
     assert count(model) == 68_155_210

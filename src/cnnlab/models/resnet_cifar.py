@@ -23,6 +23,8 @@ Registered models (parameters at 10 classes, measured; the papers' figures in br
 - ``preact_resnet110`` (1,730,522 [1.7M]) and ``preact_resnet164`` (1,703,258 [1.7M]):
   BN-ReLU-conv units, 1x1 projections (no BN) where the volume grows, as the authors' code;
   164 uses bottleneck units (16-16-64 maps in stage 1), depth 9n + 2;
+- ``preact_resnet1001`` (10,327,706): the paper's deepest, 111 bottleneck units per stage; its
+  10.2M are the weights without batch norm's 149,216 scales and shifts (10,178,490);
 - ``wrn_28_10`` (36,479,194 [36.5M]), ``wrn_16_8`` (10,961,370 [11.0M]), ``wrn_40_4``
   (8,949,210 [8.9M]): WRN-d-k, pre-activation basic units 16k, 32k, 64k wide, (d - 4) / 6 per
   stage, optional dropout between the two convolutions;
@@ -409,6 +411,13 @@ def preact_resnet164(num_classes: int = 10, in_channels: int = 3, **options: Any
                      ) -> CifarResNet:
     """Pre-activation ResNet-164 ("Identity Mappings"): 18 bottleneck units per stage"""
     return preact_resnet_cifar(164, num_classes, in_channels, bottleneck=True, **options)
+
+
+@register("preact_resnet1001", input_shape=(3, 32, 32), section="8.4.5", recipe=_RECIPE)
+def preact_resnet1001(num_classes: int = 10, in_channels: int = 3, **options: Any
+                      ) -> CifarResNet:
+    """Pre-activation ResNet-1001 ("Identity Mappings"): 111 bottleneck units per stage"""
+    return preact_resnet_cifar(1001, num_classes, in_channels, bottleneck=True, **options)
 
 
 @register("wrn_28_10", input_shape=(3, 32, 32), section="8.4.5", recipe=_WIDE_RECIPE)
