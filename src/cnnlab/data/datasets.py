@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,9 @@ from cnnlab.data.files import ChecksumError, candidates, locate, resolve_data_di
 from cnnlab.data.registry import DatasetInfo, info, owner_of
 from cnnlab.errors import DataError, ShapeError
 
+if TYPE_CHECKING:
+    from cnnlab.data.folder import LazyImages
+
 SPLITS = ("train", "test")
 FOLDER = "folder"   # load(FOLDER, split, data_dir=ROOT): an image folder, not a registry entry
 
@@ -26,9 +30,13 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     Index it like any ``Dataset`` (``image, label = ds[i]``), or slice ``ds.images`` and
     ``ds.labels`` directly for speed. ``mean``/``std`` are the training split's per-channel
     statistics (at the native size) for normalising model inputs.
+
+    A large image folder holds :class:`~cnnlab.data.folder.LazyImages` instead of a tensor
+    (``lazy`` is True): indexing it reads the images from disk.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, name: str, split: str,
+    def __init__(self, images: torch.Tensor | LazyImages, labels: torch.Tensor, *, name: str,
+                 split: str,
                  classes: Sequence[str], mean: Sequence[float], std: Sequence[float]) -> None:
         if images.dim() != 4 or labels.shape != images.shape[:1]:
             raise ShapeError(f"ImageDataset needs images (N, C, H, W) and labels (N,), got "
@@ -40,6 +48,11 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.name, self.split = name, split
         self.classes = tuple(classes)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+    @property
+    def lazy(self) -> bool:
+        """True when the images stay on disk until a batch is drawn."""
+        return not isinstance(self.images, torch.Tensor)
 
     @property
     def num_classes(self) -> int:
@@ -65,7 +78,12 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         """A dataset of the chosen examples (indices, a boolean mask or a slice)."""
         if not isinstance(index, slice):
             index = torch.as_tensor(index)
-        return ImageDataset(self.images[index], self.labels[index], name=self.name,
+        chosen: torch.Tensor | LazyImages
+        if isinstance(self.images, torch.Tensor):
+            chosen = self.images[index]
+        else:                                     # a lazy folder: still on disk
+            chosen = self.images.select(index)
+        return ImageDataset(chosen, self.labels[index], name=self.name,
                             split=self.split, classes=self.classes, mean=self.mean, std=self.std)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,7 +159,8 @@ def _data_folder(entry: DatasetInfo, split: str, data_dir: str | os.PathLike[str
 
 
 def load(name: str, split: str = "train", data_dir: str | os.PathLike[str] | None = None,
-         size: int | Sequence[int] | None = None, download: bool = False) -> ImageDataset:
+         size: int | Sequence[int] | None = None, download: bool = False,
+         lazy: bool | None = None) -> ImageDataset:
     """Load a split of a data set as an :class:`ImageDataset`.
 
     ``name``: ``"digits"`` (embedded, no files needed), ``"mnist"`` or ``"fashion-mnist"``
@@ -150,7 +169,8 @@ def load(name: str, split: str = "train", data_dir: str | os.PathLike[str] | Non
     28x28 digits to LeNet-5's 32x32 field; other sizes are resampled bilinearly.
     ``download``: fetch missing files from the publishers first.
     ``"cifar10"``/``"cifar100"`` read the python or the binary batches; ``"folder"`` reads
-    one sub-folder per class from ``data_dir`` (see :func:`load_folder`).
+    one sub-folder per class from ``data_dir`` (see :func:`load_folder`; ``lazy`` applies to
+    it alone: a large folder stays on disk).
 
     >>> ds = load("digits", "test", size=32)
     >>> ds
@@ -163,7 +183,7 @@ def load(name: str, split: str = "train", data_dir: str | os.PathLike[str] | Non
         if data_dir is None or download:
             raise DataError("load('folder', ...) reads images from data_dir=ROOT (ROOT/train/"
                             "<class>/*.png, ROOT/test/<class>/...) and cannot download")
-        return load_folder(data_dir, split, size=size)
+        return load_folder(data_dir, split, size=size, lazy=lazy)
     entry = info(name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: use 'train' or 'test'")

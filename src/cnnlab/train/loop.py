@@ -100,7 +100,9 @@ class Batches:
     order each pass) or in order when it is None.
 
     With ``num_workers=0`` the data set's tensors are moved to the device once and sliced;
-    otherwise a DataLoader with that many persistent workers gathers the same batches.
+    otherwise a DataLoader with that many persistent workers gathers the same batches. A lazy
+    data set (a large image folder) always goes through a DataLoader, which decodes in this
+    process when ``num_workers=0``.
     """
 
     def __init__(self, dataset: ImageDataset, batch_size: int, device: torch.device,
@@ -112,7 +114,9 @@ class Batches:
         self.context = context or Context()
         self.global_size = 0                            # size of the last global batch drawn
         self.epoch_state: torch.Tensor | None = None   # generator state before this pass
-        if num_workers == 0:
+        self.in_memory = num_workers == 0 and isinstance(dataset.images, torch.Tensor)
+        if self.in_memory:
+            assert isinstance(dataset.images, torch.Tensor)
             self.images = dataset.images.to(device)
             self.labels = dataset.labels.to(device)
         # the DataLoader's worker seeds come from here, not from the global RNG (dropout's)
@@ -144,7 +148,7 @@ class Batches:
             chunks = tuple(self.context.shard(c) for c in chunks if len(c) >= world)
         else:
             self._sizes = [len(c) for c in chunks]
-        if self.num_workers == 0:
+        if self.in_memory:
             for size, idx in zip(self._sizes, chunks, strict=True):
                 idx = idx.to(self.device)
                 self.global_size = size
@@ -152,14 +156,22 @@ class Batches:
             return
         self._sampler.batches = [c.tolist() for c in chunks]
         if self._loader is None:               # one loader: its workers live across passes
-            cuda = self.device.type == "cuda"
+            cuda, workers = self.device.type == "cuda", self.num_workers
             self._loader = DataLoader(self.dataset, batch_sampler=self._sampler,
-                                      num_workers=self.num_workers, generator=self.worker_rng,
-                                      pin_memory=cuda, prefetch_factor=PREFETCH,
-                                      persistent_workers=True)
+                                      num_workers=workers, generator=self.worker_rng,
+                                      pin_memory=cuda, prefetch_factor=PREFETCH if workers else None,
+                                      persistent_workers=workers > 0)
         for size, (x, y) in zip(self._sizes, self._loader, strict=True):
             self.global_size = size
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def data_workers(dataset: ImageDataset, num_workers: int = 0) -> int:
+    """``num_workers``, except that a lazy data set (a large image folder) left at 0 gets a
+    worker process per spare core (at most 8): decoding images is then the slow part."""
+    if num_workers or not dataset.lazy:
+        return num_workers
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 class _PassSampler:
@@ -298,12 +310,13 @@ def _to_float(out: Any) -> Any:
 def evaluate(model: nn.Module, dataset: ImageDataset, batch_size: int = 500,
              loss_fn: LossFn | None = None, *, mean: Sequence[float] | None = None,
              std: Sequence[float] | None = None, meter: ConfusionMeter | None = None,
-             context: Context | None = None) -> dict[str, float]:
+             context: Context | None = None, num_workers: int = 0) -> dict[str, float]:
     """Mean loss, top-1 and top-5 accuracy of ``model`` on ``dataset``, and the count ``n``.
 
     ``context``: under torchrun, each process evaluates its own contiguous part of the data
     set and the sums (and the meter's counts) are added up over the processes, so every
-    process returns the figures of the whole set.
+    process returns the figures of the whole set. ``num_workers``: DataLoader processes (see
+    :func:`data_workers`; a lazy data set gets some by default).
 
     ``meter``: also accumulate the confusion matrix (true class x predicted class) there.
     Inputs are normalised with ``mean``/``std`` (default: the data set's own statistics; pass
@@ -326,7 +339,8 @@ def evaluate(model: nn.Module, dataset: ImageDataset, batch_size: int = 500,
     top1 = torch.zeros((), dtype=torch.long, device=device)
     top5 = torch.zeros((), dtype=torch.long, device=device)
     try:
-        for x, y in Batches(part, batch_size, device) if len(part) else ():
+        batches = Batches(part, batch_size, device, num_workers=data_workers(part, num_workers))
+        for x, y in batches if len(part) else ():
             out = model(normalize(x))
             total_loss += loss_fn(out, y) * len(y)
             c1, c5 = topk_correct(out, y, (1, 5))
@@ -592,7 +606,8 @@ def _fit(model: nn.Module, config: TrainConfig, folder: RunFolder,
     eval_loss = loss_function(model)              # test loss: no label smoothing
     normalize = normalizer(train_ds.mean, train_ds.std, device)
     shuffle = torch.Generator().manual_seed(config.seed)
-    batches = Batches(train_ds, config.batch_size, device, shuffle, config.num_workers, ctx)
+    batches = Batches(train_ds, config.batch_size, device, shuffle,
+                      data_workers(train_ds, config.num_workers), ctx)
     schedule = optim.Schedule(config, len(batches))
     recipe = StepRecipe(
         augment=augment,
@@ -681,7 +696,7 @@ def _epochs(model: nn.Module, config: TrainConfig, folder: RunFolder,
         meter.reset()
         test = evaluate(model, test_ds, config.eval_batch_size, eval_loss,
                         mean=train_ds.mean, std=train_ds.std, meter=meter,
-                        context=batches.context)
+                        context=batches.context, num_workers=config.num_workers)
         record = {
             "epoch": epoch, "lr": lr, "lr_end": schedule.lr_at(totals.global_step - 1),
             "train_loss": fit["loss"], "train_top1": fit["top1"], "train_images": int(fit["n"]),
