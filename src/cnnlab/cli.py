@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -392,11 +393,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # the reader went away (`cnnlab models | head`): not an error, and nothing more to say
-        # (the interpreter's own flush of stdout at exit would fail again, so point it away)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    except BrokenPipeError as err:
+        if _reader_left(sys.stdout):
+            # `cnnlab models | head`: nothing more to say; exit 1 as Python's docs advise, and
+            # point stdout away so that the interpreter's own flush at exit stays quiet
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        print(f"error: {err}", file=sys.stderr)       # another pipe: a one-line error
+        return 1
+
+
+def _reader_left(stream: Any) -> bool:
+    """True when ``stream`` is a pipe whose reading end is closed (POLLERR on Linux)."""
+    try:
+        poll = select.poll()
+        poll.register(stream.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 if __name__ == "__main__":

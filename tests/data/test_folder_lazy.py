@@ -1,5 +1,6 @@
 """Large image folders stay on disk: LazyImages decode a batch when it is drawn."""
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -55,6 +56,10 @@ def test_the_decoded_size_decides_and_lazy_forces(tmp_path, monkeypatch):
     monkeypatch.setattr(folder, "LAZY_BYTES", 11_519)
     assert load("folder", "train", data_dir=tmp_path).lazy
     assert not load("folder", "train", data_dir=tmp_path, lazy=False).lazy
+    # the training split decides for both: a small test split of a large folder stays on disk
+    # too (and reading it does not decode the training images)
+    monkeypatch.setattr(folder, "LAZY_BYTES", 6_000)              # test split: 5,760 bytes
+    assert load("folder", "test", data_dir=tmp_path).lazy
 
 
 def test_a_lazy_image_of_another_size_is_named_when_read(tmp_path):
@@ -75,7 +80,10 @@ def test_a_lazy_image_of_another_size_is_named_when_read(tmp_path):
 def test_batches_of_a_lazy_folder_are_those_of_the_tensors(tmp_path):
     write_folder(tmp_path)
     eager, lazy = (load_folder(tmp_path, size=4, lazy=flag) for flag in (False, True))
-    assert data_workers(eager) == 0 and data_workers(lazy) >= 1 and data_workers(lazy, 3) == 3
+    # on the CPU the model's threads take every core: a lazy folder is decoded in process;
+    # on a GPU, worker processes decode while it computes
+    assert data_workers(eager) == 0 and data_workers(lazy) == 0 and data_workers(lazy, 3) == 3
+    assert data_workers(lazy, 0, "cuda") >= 1 and data_workers(eager, 0, "cuda") == 0
     runs = []
     for ds, workers in ((eager, 0), (lazy, 0), (lazy, 2)):
         g = torch.Generator().manual_seed(5)
@@ -100,3 +108,25 @@ def test_training_on_a_lazy_folder_equals_training_in_memory(tmp_path):
     assert [r["train_loss"] for r in lazy["history"]] == \
         [r["train_loss"] for r in eager["history"]]
     assert lazy["test_top1"] == eager["test_top1"]
+
+
+def test_index_types(tmp_path):
+    write_folder(tmp_path)
+    ds = load_folder(tmp_path, size=4, lazy=True)
+    first = ds.images[2]
+    assert first.shape == (3, 4, 4)
+    for index in (np.int64(2), torch.tensor(2), np.array(2), -10):
+        assert torch.equal(ds.images[index], first)
+    with pytest.raises(TypeError, match="not a bool"):
+        ds.images[True]
+
+
+def test_a_bad_image_read_by_a_worker_is_a_one_line_error(tmp_path):
+    write_folder(tmp_path)
+    (tmp_path / "test" / "c2" / "zz_broken.png").write_bytes(b"not a png")
+    ds = load_folder(tmp_path, "test", size=4, lazy=True)
+    with pytest.raises(DataError) as caught:
+        list(Batches(ds, 4, torch.device("cpu"), None, num_workers=1))
+    message = str(caught.value)
+    assert "zz_broken.png" in message and "delete or replace the file" in message
+    assert "\n" not in message and "Traceback" not in message

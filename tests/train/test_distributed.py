@@ -139,3 +139,17 @@ def test_torchrun_with_two_gloo_processes_matches_one_process(tmp_path):
         assert r3["train_loss"] == pytest.approx(r2["train_loss"], rel=1e-6)
         assert r3["train_top1"] == r2["train_top1"]
         assert r3["test_top1"] == r2["test_top1"]
+
+
+def test_under_torchrun_the_logged_test_figures_are_those_of_the_saved_model(tmp_path):
+    """Each process evaluates half of the test set; with batch norm, every process must use
+    rank 0's running statistics (the saved model's), not the ones its own share updated."""
+    from cnnlab.train import evaluate_run
+
+    out = tmp_path / "bn"
+    _run([*TORCHRUN, "-m", "cnnlab", "train", "resnet20", "--epochs", "1", "--batch-size", "64",
+          "--quiet", "--no-plots", "--no-tensorboard", "--out", str(out)])
+    logged = _records(out)[-1]
+    again = evaluate_run(out)
+    assert again["top1"] == logged["test_top1"]
+    assert again["loss"] == pytest.approx(logged["test_loss"], rel=1e-5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +74,14 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[index], self.labels[index]
 
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch (images (n, C, H, W), labels (n,)) in one indexing: what a
+        DataLoader worker calls with a batch sampler (pair it with ``collate_fn=batch_collate``,
+        which keeps the batch as it is)."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[index], self.labels[index]
+
+
     def subset(self, index: torch.Tensor | Sequence[int] | slice) -> ImageDataset:
         """A dataset of the chosen examples (indices, a boolean mask or a slice)."""
         if not isinstance(index, slice):
@@ -96,6 +104,11 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         c, h, w = self.image_shape
         return (f"ImageDataset({self.name!r}, split={self.split!r}, n={len(self)}, "
                 f"shape={c}x{h}x{w}, classes={self.num_classes})")
+
+
+def batch_collate(batch: Any) -> Any:
+    """The DataLoader ``collate_fn`` for :meth:`ImageDataset.__getitems__`: already a batch."""
+    return batch
 
 
 def _as_size(size: int | Sequence[int]) -> tuple[int, int]:

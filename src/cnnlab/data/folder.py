@@ -20,6 +20,7 @@ forces either way.
 from __future__ import annotations
 
 import math
+import operator
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,14 +136,29 @@ class LazyImages:
                           self.size, self.resize)
 
     def __getitem__(self, index: int | slice | Sequence[int] | torch.Tensor) -> torch.Tensor:
-        if isinstance(index, int) or (isinstance(index, torch.Tensor) and index.dim() == 0):
-            return _read([self.paths[int(index)]], self.mode, self.size, self.resize)[0]
+        if isinstance(index, bool):
+            raise TypeError("LazyImages take an int, a slice, indices or a mask, not a bool")
+        one = _as_int(index)
+        if one is not None:
+            return _read([self.paths[one]], self.mode, self.size, self.resize)[0]
         return _read([self.paths[i] for i in self._positions(index)], self.mode, self.size,
                      self.resize)
 
     def __repr__(self) -> str:
         c, h, w = self.shape[1:]
         return f"LazyImages(n={len(self)}, shape={c}x{h}x{w}, first={self.paths[:1]})"
+
+
+def _as_int(index: object) -> int | None:
+    """``index`` as one position (an int, a numpy integer, a 0-d tensor), else None."""
+    if isinstance(index, torch.Tensor):
+        return int(index.item()) if index.dim() == 0 and index.dtype != torch.bool else None
+    if isinstance(index, np.ndarray):
+        return int(index.item()) if index.ndim == 0 and index.dtype != np.bool_ else None
+    try:
+        return operator.index(index)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -205,8 +221,8 @@ def load_folder(root: str | os.PathLike[str], split: str = "train",
             raise DataError(f"{base / 'test'} holds no images")
     items = train_items if split == "train" else test_items
     shape = hw or _image_size(train_items[0][0])
-    if lazy is None:
-        lazy = len(items) * (1 if mode == "L" else 3) * shape[0] * shape[1] * 4 > LAZY_BYTES
+    if lazy is None:          # by the training split, so both splits go the same way
+        lazy = len(train_items) * (1 if mode == "L" else 3) * shape[0] * shape[1] * 4 > LAZY_BYTES
     if lazy:
         return _lazy_folder(classes, train_items, items, split, mode, shape, hw is not None)
     train_x = _read([p for p, _ in train_items], mode, hw)

@@ -132,5 +132,6 @@ def _fit_pca(train: ImageDataset, sigma: float) -> PCALighting:
     if train.in_channels != 3:
         raise ShapeError(f"augment 'pca' shifts RGB colours, but {train.name} has "
                          f"{train.in_channels} channel(s); leave out pca")
-    step = max(1, len(train) // 4096)
+    # a view of a tensor; read from disk for a lazy folder, where fewer images do
+    step = max(1, len(train) // (1024 if train.lazy else 4096))
     return PCALighting.fit(train.images[::step], sigma)

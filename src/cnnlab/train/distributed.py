@@ -123,6 +123,14 @@ def all_sum(ctx: Context, t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def broadcast_buffers(ctx: Context, model: torch.nn.Module) -> None:
+    """Rank 0's buffers (batch norm's running statistics) in every process. DDP copies them
+    before each training forward; the last one leaves each process with its own update."""
+    if ctx.distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def broadcast_flag(ctx: Context, flag: bool) -> bool:
     """Rank 0's ``flag`` on every process (to stop all together)."""
     if not ctx.distributed:

@@ -87,7 +87,7 @@ def predict_proba(model: nn.Module, dataset: ImageDataset, *, tta: Views = "none
     model.eval()
     out = []
     try:
-        batches = Batches(dataset, batch_size, device, num_workers=data_workers(dataset))
+        batches = Batches(dataset, batch_size, device, num_workers=data_workers(dataset, 0, device))
         for x, _ in tqdm(batches, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
                          disable=None if progress else True):
             out.append(views(x).float().cpu())                       # N x classes

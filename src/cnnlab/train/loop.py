@@ -42,6 +42,7 @@ import cnnlab
 from cnnlab import ops
 from cnnlab.data import ImageDataset, load
 from cnnlab.data.augment import Transform
+from cnnlab.data.datasets import batch_collate
 from cnnlab.errors import CnnlabError, ModelError, ShapeError
 from cnnlab.ops import KernelName
 from cnnlab.train import augmentation, checkpoint, distributed, optim
@@ -157,21 +158,42 @@ class Batches:
         self._sampler.batches = [c.tolist() for c in chunks]
         if self._loader is None:               # one loader: its workers live across passes
             cuda, workers = self.device.type == "cuda", self.num_workers
+            # each batch is one indexing of the data set (ImageDataset.__getitems__), not a
+            # list of examples to collate: a lazy folder decodes it in one go
             self._loader = DataLoader(self.dataset, batch_sampler=self._sampler,
+                                      collate_fn=batch_collate,
                                       num_workers=workers, generator=self.worker_rng,
                                       pin_memory=cuda, prefetch_factor=PREFETCH if workers else None,
                                       persistent_workers=workers > 0)
-        for size, (x, y) in zip(self._sizes, self._loader, strict=True):
-            self.global_size = size
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        try:
+            for size, (x, y) in zip(self._sizes, self._loader, strict=True):
+                self.global_size = size
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        except CnnlabError as err:
+            raise _from_worker(err) from None
 
 
-def data_workers(dataset: ImageDataset, num_workers: int = 0) -> int:
-    """``num_workers``, except that a lazy data set (a large image folder) left at 0 gets a
-    worker process per spare core (at most 8): decoding images is then the slow part."""
-    if num_workers or not dataset.lazy:
+def _from_worker(err: CnnlabError) -> CnnlabError:
+    """A DataLoader worker's error (a corrupt image of a lazy folder, say) as raised in the
+    worker: PyTorch wraps its message in the worker's traceback."""
+    lines = str(err).strip().splitlines()
+    if len(lines) < 2 or not lines[0].startswith("Caught "):
+        return err
+    last = lines[-1]
+    message = last.split(": ", 1)[1] if last.startswith(("cnnlab.", "DataError")) else last
+    return type(err)(message)
+
+
+def data_workers(dataset: ImageDataset, num_workers: int = 0,
+                 device: torch.device | str = "cpu") -> int:
+    """``num_workers``, except for a lazy data set (a large image folder) left at 0 on a GPU:
+    a worker process per spare core of this process's share of the machine (at most 8), so
+    the CPU decodes while the GPU computes. On the CPU the model's own threads use every core
+    already, and decoding in the training process is as fast (BENCHMARKS.md)."""
+    if num_workers or not dataset.lazy or torch.device(device).type == "cpu":
         return num_workers
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))   # torchrun's
+    return max(1, min(8, (os.cpu_count() or 2) // local - 1))
 
 
 class _PassSampler:
@@ -315,8 +337,8 @@ def evaluate(model: nn.Module, dataset: ImageDataset, batch_size: int = 500,
 
     ``context``: under torchrun, each process evaluates its own contiguous part of the data
     set and the sums (and the meter's counts) are added up over the processes, so every
-    process returns the figures of the whole set. ``num_workers``: DataLoader processes (see
-    :func:`data_workers`; a lazy data set gets some by default).
+    process returns the figures of the whole set. ``num_workers``: DataLoader processes for a
+    lazy data set (see :func:`data_workers`); an in-memory one is sliced on the device.
 
     ``meter``: also accumulate the confusion matrix (true class x predicted class) there.
     Inputs are normalised with ``mean``/``std`` (default: the data set's own statistics; pass
@@ -339,7 +361,8 @@ def evaluate(model: nn.Module, dataset: ImageDataset, batch_size: int = 500,
     top1 = torch.zeros((), dtype=torch.long, device=device)
     top5 = torch.zeros((), dtype=torch.long, device=device)
     try:
-        batches = Batches(part, batch_size, device, num_workers=data_workers(part, num_workers))
+        workers = data_workers(part, num_workers, device) if part.lazy else 0
+        batches = Batches(part, batch_size, device, num_workers=workers)
         for x, y in batches if len(part) else ():
             out = model(normalize(x))
             total_loss += loss_fn(out, y) * len(y)
@@ -607,7 +630,7 @@ def _fit(model: nn.Module, config: TrainConfig, folder: RunFolder,
     normalize = normalizer(train_ds.mean, train_ds.std, device)
     shuffle = torch.Generator().manual_seed(config.seed)
     batches = Batches(train_ds, config.batch_size, device, shuffle,
-                      data_workers(train_ds, config.num_workers), ctx)
+                      data_workers(train_ds, config.num_workers, device), ctx)
     schedule = optim.Schedule(config, len(batches))
     recipe = StepRecipe(
         augment=augment,
@@ -694,6 +717,8 @@ def _epochs(model: nn.Module, config: TrainConfig, folder: RunFolder,
         run.elapsed += seconds
         t1 = time.perf_counter()
         meter.reset()
+        # each process evaluates its part with rank 0's batch-norm statistics: the model saved
+        distributed.broadcast_buffers(batches.context, model)
         test = evaluate(model, test_ds, config.eval_batch_size, eval_loss,
                         mean=train_ds.mean, std=train_ds.std, meter=meter,
                         context=batches.context, num_workers=config.num_workers)

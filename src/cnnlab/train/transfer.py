@@ -312,7 +312,7 @@ def extract_features(model: nn.Module, dataset: ImageDataset, layer: str = "fc7"
     device = device_of(model)
     normalize = normalizer(dataset.mean if mean is None else mean,
                            dataset.std if std is None else std, device)
-    batches = Batches(dataset, batch_size, device, num_workers=data_workers(dataset))
+    batches = Batches(dataset, batch_size, device, num_workers=data_workers(dataset, 0, device))
     hook = None if layer in PENULTIMATE else _LayerOutput(model, layer)
     forward = hook or _penultimate(model)
     was_training = model.training
