@@ -58,9 +58,9 @@ def scan(split_dir: Path) -> tuple[list[str], list[tuple[Path, str]]]:
 
 def _open(path: Path) -> Image.Image:
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # leaving closes the file; the loaded pixels stay
             img.load()
-            return img.copy()
+        return img
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot read image {path} ({err}); delete or replace the file") from None
 
@@ -76,7 +76,8 @@ def _read(paths: Sequence[Path], mode: str, size: tuple[int, int] | None,
     arrays, first = [], None
     for path in paths:
         img = _open(path)
-        img = img.convert("L" if img.mode in GREY_MODES else "RGB").convert(mode)
+        if img.mode != mode:
+            img = img.convert("L" if img.mode in GREY_MODES else "RGB").convert(mode)
         if size is not None and img.size != (size[1], size[0]):
             if not resize:
                 raise DataError(f"{path} is {img.size[0]}x{img.size[1]} but the data set's "
