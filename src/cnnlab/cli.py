@@ -305,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NHWC memory format")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction,
                    help="torch.compile the model (slow to start, on the CPU especially)")
+    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction,
+                   help="under torchrun on GPUs: batch-norm statistics over the global batch, "
+                   "not each process's share (torch's SyncBatchNorm)")
     p.add_argument("--device", help="auto (default: cuda if present), cpu, cuda, cuda:N")
     p.add_argument("--num-workers", type=int, help="DataLoader worker processes (default 0: "
                    "slice tensors in memory)")

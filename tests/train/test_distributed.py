@@ -153,3 +153,37 @@ def test_under_torchrun_the_logged_test_figures_are_those_of_the_saved_model(tmp
     again = evaluate_run(out)
     assert again["top1"] == logged["test_top1"]
     assert again["loss"] == pytest.approx(logged["test_loss"], rel=1e-5)
+
+
+def test_sync_bn_needs_gpus_and_the_native_kernels(tmp_path):
+    from cnnlab.train import TrainConfig, train
+
+    for kwargs in ({"device": "cpu"}, {"device": "cuda", "kernel": "reference"}):
+        with pytest.raises(CnnlabError, match="sync_bn=True needs CUDA GPUs"):
+            TrainConfig("resnet20", sync_bn=True, **kwargs)
+    if not torch.cuda.is_available():                  # 'auto' resolves to the CPU here
+        with pytest.raises(CnnlabError, match="sync_bn=True needs CUDA GPUs .* runs on cpu"):
+            train(TrainConfig("resnet20", sync_bn=True, out=str(tmp_path / "r")),
+                  progress=False)
+        assert not (tmp_path / "r").exists()
+
+
+def test_sync_batch_norm_keeps_names_and_outputs():
+    """The conversion swaps the layers, not the weights: same state-dict names and shapes,
+    and the same outputs outside a process group."""
+    from cnnlab import models
+    from cnnlab.train.loop import sync_batch_norm
+
+    torch.manual_seed(0)
+    model = models.create("resnet20")
+    x = torch.randn(4, 3, 32, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = [model.train()(x), model.eval()(x)]
+    converted = sync_batch_norm(model)
+    assert {k: v.shape for k, v in converted.state_dict().items()} == \
+        {k: v.shape for k, v in before.items()}
+    norms = [m for m in converted.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+    converted.load_state_dict(before)                 # the running stats before training
+    for mode, want in zip((True, False), expected, strict=True):
+        torch.testing.assert_close(converted.train(mode)(x), want)

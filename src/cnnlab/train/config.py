@@ -54,6 +54,7 @@ class TrainConfig:
     amp: str = "none"               # mixed precision: "none", "bf16", "fp16" (CUDA only)
     channels_last: bool = False     # NHWC memory format for the model and its inputs
     compile: bool = False           # torch.compile the model for training
+    sync_bn: bool = False           # under torchrun on GPUs: batch norm over the global batch
     # -- checkpoints (cnnlab.train.checkpoint)
     checkpoint_every: int = 0       # also checkpoint every this many steps; 0 = each epoch only
     # -- transfer learning (8.4.7; cnnlab.train.transfer)
@@ -92,6 +93,10 @@ class TrainConfig:
         if self.amp == "fp16" and self.device == "cpu":
             raise CnnlabError("amp='fp16' needs a CUDA GPU (its GradScaler), got device='cpu'; "
                               "use --amp bf16 on the CPU")
+        if self.sync_bn and (self.device == "cpu" or self.kernel == "reference"):
+            raise CnnlabError(f"sync_bn=True needs CUDA GPUs and the native kernels (torch's "
+                              f"SyncBatchNorm), got device={self.device!r}, "
+                              f"kernel={self.kernel!r}; drop --sync-bn")
         if self.warmup_epochs >= self.epochs:
             raise CnnlabError(f"warmup_epochs={self.warmup_epochs} must be less than "
                               f"epochs={self.epochs}; lower --warmup-epochs")
@@ -198,6 +203,7 @@ _RULES: dict[str, tuple[type | None, Callable[[Any], bool | str], str]] = {
     "amp": (str, lambda v: v in AMP, "'none', 'bf16' or 'fp16'"),
     "channels_last": (bool, _any, "True or False"),
     "compile": (bool, _any, "True or False"),
+    "sync_bn": (bool, _any, "True or False"),
     "checkpoint_every": (int, lambda v: v >= 0, "an int >= 0 (steps; 0: at epoch ends only)"),
     "init": (None, lambda v: v is None or bool(v),
              "a run folder, a .safetensors or a .pth file"),

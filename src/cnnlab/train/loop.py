@@ -435,6 +435,9 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, progress: bool
     if config.amp == "fp16" and device.type != "cuda":
         raise CnnlabError(f"amp='fp16' needs a CUDA GPU (its GradScaler), but training runs "
                           f"on {device}; use --amp bf16 on the CPU")
+    if config.sync_bn and device.type != "cuda":
+        raise CnnlabError(f"sync_bn=True needs CUDA GPUs (torch's SyncBatchNorm), but training "
+                          f"runs on {device}; drop --sync-bn")
     if datasets is None:
         size = _input_size(config, model)
         train_ds = load(config.data, "train", config.data_dir, size=size)
@@ -454,6 +457,8 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, progress: bool
                                       in_channels=train_ds.in_channels)
             _check_fits(model, train_ds)
             _transfer(model, config, fresh=state is None)
+            if config.sync_bn and ctx.distributed:
+                model = sync_batch_norm(model)
             model.to(device)
             if config.channels_last:
                 model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -480,6 +485,13 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, progress: bool
         "time_to_accuracy": {"elapsed_seconds": [r["elapsed_seconds"] for r in history],
                              "test_top1": [r["test_top1"] for r in history]},
     }
+
+
+def sync_batch_norm(model: nn.Module) -> nn.Module:
+    """``model`` with every batch-norm layer as torch's SyncBatchNorm (statistics over all
+    processes' shares of a batch), in place; parameter and buffer names stay the same, so
+    the weights save and load as before."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def _transfer(model: nn.Module, config: TrainConfig, fresh: bool) -> None:
