@@ -123,6 +123,15 @@ def all_sum(ctx: Context, t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_gather(ctx: Context, t: torch.Tensor) -> torch.Tensor:
+    """Every process's ``t`` (same shape everywhere), stacked in rank order (world, ...)."""
+    if not ctx.distributed:
+        return t.unsqueeze(0)
+    parts = [torch.empty_like(t) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.stack(parts)
+
+
 def broadcast_buffers(ctx: Context, model: torch.nn.Module) -> None:
     """Rank 0's buffers (batch norm's running statistics) in every process. DDP copies them
     before each training forward; the last one leaves each process with its own update."""

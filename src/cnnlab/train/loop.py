@@ -559,7 +559,7 @@ class _Run:
             "global_step": t.global_step, "elapsed": self.elapsed,
             "records": self.folder.records,
             "totals": {"loss_sum": loss_sum, "correct": correct, "n": n,
-                       "seconds": t.seconds + seconds},
+                       "seconds": t.seconds + seconds, **self.rank_sums(t)},
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": {} if self.recipe.scaler is None else self.recipe.scaler.state_dict(),
             "schedule": self.schedule.state_dict(), "rng": self.rng(shuffle_state),
@@ -596,7 +596,16 @@ class _Run:
         s = state["totals"]
         t = EpochTotals.zeros(self.device, int(state["global_step"]))
         t.step, t.seconds = int(state["step"]), float(s["seconds"])
-        if self.batches.context.is_main:       # the sums of all processes, counted once
+        ctx = self.batches.context
+        ranks = s.get("ranks")
+        if ctx.distributed and ranks is not None and len(ranks["n"]) == ctx.world_size:
+            # each process continues its own sums: the epoch's figures add up in the same
+            # order as in a run that never stopped
+            r = ctx.rank
+            t.loss_sum = ranks["loss_sum"][r].to(self.device).clone()
+            t.correct = ranks["correct"][r].to(self.device).clone()
+            t.n = int(ranks["n"][r])
+        elif ctx.is_main:                      # the sums of all processes, counted once
             t.loss_sum, t.correct = s["loss_sum"].to(self.device), s["correct"].to(self.device)
             t.n = int(s["n"])
         self.elapsed = float(state["elapsed"])
@@ -612,6 +621,17 @@ class _Run:
         n = distributed.all_sum(ctx, torch.tensor(t.n, device=self.device))
         return (distributed.all_sum(ctx, t.loss_sum), distributed.all_sum(ctx, t.correct),
                 int(n.item()))
+
+    def rank_sums(self, t: EpochTotals) -> dict[str, Any]:
+        """Under torchrun, ``{"ranks": ...}``: every process's own loss sum, correct count and
+        examples so far (a collective); for one process, nothing."""
+        ctx = self.batches.context
+        if not ctx.distributed:
+            return {}
+        n = torch.tensor(t.n, device=self.device)
+        return {"ranks": {"loss_sum": distributed.all_gather(ctx, t.loss_sum),
+                          "correct": distributed.all_gather(ctx, t.correct),
+                          "n": distributed.all_gather(ctx, n)}}
 
     def check_finite(self, t: EpochTotals, loss_sum: torch.Tensor | None = None) -> None:
         """Raise :class:`Diverged` if the epoch's loss sum (``loss_sum``: the one over all
