@@ -5,7 +5,8 @@ Issue 3's GPU figure (and a check of the trainer's GPU path): images/s of forwar
 default, (1) through ``cnnlab.train.train`` (its own ``images_per_second`` of the training
 pass; the data are random images held on the GPU, so no loading is timed) and (2) in the
 smallest hand-written loop doing the same work on the same tensors. The two alternate over
-the repeats; the figure is the ratio of the medians. cuDNN's autotuner is on for both.
+the repeats; the figure is the ratio of the medians. cuDNN's autotuner is on for both (the
+trainer turns it on for its runs on a GPU).
 
 Needs a CUDA GPU (``--device cpu`` with small ``--size``/``--images`` is a smoke test):
 

@@ -275,3 +275,16 @@ def test_load_run_names_what_is_missing(tmp_path):
     (tmp_path / "half" / "config.json").write_text("{}")
     with pytest.raises(CnnlabError, match="is not a finished run: model.safetensors is missing"):
         load_run(tmp_path / "half")
+
+
+def test_cudnn_autotuner_on_for_gpu_runs_only_and_restored():
+    import torch
+
+    from cnnlab.train.loop import _cudnn_autotune
+
+    before = torch.backends.cudnn.benchmark
+    with _cudnn_autotune(torch.device("cpu")):
+        assert torch.backends.cudnn.benchmark == before
+    with _cudnn_autotune(torch.device("cuda")):       # only the flag: no GPU needed
+        assert torch.backends.cudnn.benchmark is True
+    assert torch.backends.cudnn.benchmark == before

@@ -448,7 +448,8 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, progress: bool
     cuda = [device.index or 0] if device.type == "cuda" else []
     ctx = distributed.setup(device)                     # joins the process group under torchrun
     try:
-        with torch.random.fork_rng(devices=cuda), ops.kernels(cast(KernelName, config.kernel)):
+        with torch.random.fork_rng(devices=cuda), ops.kernels(cast(KernelName, config.kernel)), \
+                _cudnn_autotune(device):
             torch.manual_seed(config.seed)              # initial weights and dropout
             if model is None:
                 from cnnlab import models
@@ -485,6 +486,21 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, progress: bool
         "time_to_accuracy": {"elapsed_seconds": [r["elapsed_seconds"] for r in history],
                              "test_top1": [r["test_top1"] for r in history]},
     }
+
+
+@contextlib.contextmanager
+def _cudnn_autotune(device: torch.device) -> Iterator[None]:
+    """On a GPU, cuDNN's autotuner for the run (every batch has the same shape, so the
+    fastest convolution algorithms are timed once); restored after."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def sync_batch_norm(model: nn.Module) -> nn.Module:
