@@ -36,8 +36,8 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """
 
     def __init__(self, images: torch.Tensor | LazyImages, labels: torch.Tensor, *, name: str,
-                 split: str,
-                 classes: Sequence[str], mean: Sequence[float], std: Sequence[float]) -> None:
+                 split: str, classes: Sequence[str], mean: Sequence[float],
+                 std: Sequence[float]) -> None:
         if images.dim() != 4 or labels.shape != images.shape[:1]:
             raise ShapeError(f"ImageDataset needs images (N, C, H, W) and labels (N,), got "
                              f"{tuple(images.shape)} and {tuple(labels.shape)}")
@@ -80,7 +80,6 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         which keeps the batch as it is)."""
         index = torch.as_tensor(indices, dtype=torch.long)
         return self.images[index], self.labels[index]
-
 
     def subset(self, index: torch.Tensor | Sequence[int] | slice) -> ImageDataset:
         """A dataset of the chosen examples (indices, a boolean mask or a slice)."""

@@ -12,7 +12,7 @@ Files whose suffix is not an image type, and hidden files, are skipped.
 
 A folder whose decoded images would take more than ``LAZY_BYTES`` (2 GiB as float32) is not
 read into memory: its :class:`ImageDataset` holds :class:`LazyImages`, which decode the images
-a batch needs when it is drawn (in the trainer's DataLoader workers), and its ``mean``/``std``
+a batch needs when it is drawn (by DataLoader workers when a GPU trains), and its ``mean``/``std``
 come from an evenly spaced sample of ``STATS_SAMPLE`` training images. ``lazy=True``/``False``
 forces either way.
 """
@@ -194,8 +194,8 @@ def load_folder(root: str | os.PathLike[str], split: str = "train",
     ``"L"`` when every training image is greyscale, else ``"RGB"``. ``mean``/``std`` are
     computed over the training split at the loaded size, so loading ``"test"`` also reads
     ``ROOT/train``. ``lazy``: keep the images on disk and decode them when a batch is drawn
-    (:class:`LazyImages`; statistics from a sample); None: when the split's decoded images
-    would exceed ``LAZY_BYTES``.
+    (:class:`LazyImages`; statistics from a sample); None: when the training split's decoded
+    images would exceed ``LAZY_BYTES`` (both splits go the same way).
 
     >>> load_folder("pets", "train", size=64).classes      # doctest: +SKIP
     ('cat', 'dog')

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from cnnlab.data import ImageDataset, flip_average, multi_crop
 from cnnlab.errors import CnnlabError
 from cnnlab.train._runs import RunInfo, run_data, run_info
-from cnnlab.train.loop import Batches, data_workers, normalizer, resolve_device
+from cnnlab.train.loop import Batches, normalizer, resolve_device
 from cnnlab.train.metrics import topk_correct
 from cnnlab.train.run import device_of, load_run
 
@@ -87,9 +87,8 @@ def predict_proba(model: nn.Module, dataset: ImageDataset, *, tta: Views = "none
     model.eval()
     out = []
     try:
-        batches = Batches(dataset, batch_size, device, num_workers=data_workers(dataset, 0, device))
-        for x, _ in tqdm(batches, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
-                         disable=None if progress else True):
+        for x, _ in tqdm(Batches(dataset, batch_size, device), desc=desc, unit="batch",
+                         leave=False, dynamic_ncols=True, disable=None if progress else True):
             out.append(views(x).float().cpu())                       # N x classes
     finally:
         model.train(was_training)

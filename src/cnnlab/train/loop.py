@@ -103,21 +103,21 @@ class Batches:
     With ``num_workers=0`` the data set's tensors are moved to the device once and sliced;
     otherwise a DataLoader with that many persistent workers gathers the same batches. A lazy
     data set (a large image folder) always goes through a DataLoader, which decodes in this
-    process when ``num_workers=0``.
+    process when ``num_workers=0``, except on a GPU (see :func:`data_workers`).
     """
 
     def __init__(self, dataset: ImageDataset, batch_size: int, device: torch.device,
                  generator: torch.Generator | None = None, num_workers: int = 0,
                  context: Context | None = None) -> None:
         self.dataset, self.batch_size, self.device = dataset, batch_size, device
-        self.generator, self.num_workers = generator, num_workers
+        self.generator = generator
+        self.num_workers = num_workers = data_workers(dataset, num_workers, device)
         # data parallel: every process draws the same global batches and takes its share
         self.context = context or Context()
         self.global_size = 0                            # size of the last global batch drawn
         self.epoch_state: torch.Tensor | None = None   # generator state before this pass
         self.in_memory = num_workers == 0 and isinstance(dataset.images, torch.Tensor)
-        if self.in_memory:
-            assert isinstance(dataset.images, torch.Tensor)
+        if isinstance(dataset.images, torch.Tensor) and self.in_memory:
             self.images = dataset.images.to(device)
             self.labels = dataset.labels.to(device)
         # the DataLoader's worker seeds come from here, not from the global RNG (dropout's)
@@ -361,8 +361,8 @@ def evaluate(model: nn.Module, dataset: ImageDataset, batch_size: int = 500,
     top1 = torch.zeros((), dtype=torch.long, device=device)
     top5 = torch.zeros((), dtype=torch.long, device=device)
     try:
-        workers = data_workers(part, num_workers, device) if part.lazy else 0
-        batches = Batches(part, batch_size, device, num_workers=workers)
+        # workers decode a lazy set; an in-memory one is sliced on the device
+        batches = Batches(part, batch_size, device, num_workers=num_workers if part.lazy else 0)
         for x, y in batches if len(part) else ():
             out = model(normalize(x))
             total_loss += loss_fn(out, y) * len(y)
@@ -566,16 +566,18 @@ class _Run:
              seconds: float) -> None:
         """Checkpoint: continue at batch ``t.step`` of ``epoch``, whose pass started from
         ``shuffle_state`` and has trained ``seconds`` since ``t``'s last resumption. Refused
-        (:class:`Diverged`) when the loss or a weight is not finite. Under torchrun the
-        epoch's sums are those of all processes (rank 0 takes them back on resumption)."""
-        loss_sum, correct, n = self.epoch_sums(t)
-        self.check_finite(t, loss_sum)
+        (:class:`Diverged`) when the loss or a weight is not finite. Under torchrun it
+        holds each process's sums of the epoch too, which each takes back on resumption."""
+        loss, correct, n = self.epoch_sums(t)
+        self.check_finite(t, loss.sum())
+        ranks = {"ranks": {"loss_sum": loss, "correct": correct, "n": n}}
         state = {
             "config": self.config.to_dict(), "epoch": epoch, "step": t.step,
             "global_step": t.global_step, "elapsed": self.elapsed,
             "records": self.folder.records,
-            "totals": {"loss_sum": loss_sum, "correct": correct, "n": n,
-                       "seconds": t.seconds + seconds, **self.rank_sums(t)},
+            "totals": {"loss_sum": loss.sum(), "correct": correct.sum(), "n": int(n.sum()),
+                       "seconds": t.seconds + seconds,
+                       **(ranks if self.batches.context.distributed else {})},
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": {} if self.recipe.scaler is None else self.recipe.scaler.state_dict(),
             "schedule": self.schedule.state_dict(), "rng": self.rng(shuffle_state),
@@ -628,32 +630,20 @@ class _Run:
         self.saved = (int(state["epoch"]), t.step)
         return int(state["epoch"]), t
 
-    def epoch_sums(self, t: EpochTotals) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """The pass's loss sum, correct count and examples so far, over all processes (a
-        collective under torchrun: every process calls it at the same step)."""
+    def epoch_sums(self, t: EpochTotals) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each process's loss sum, correct count and examples so far in the pass, in rank
+        order (one entry for one process; a collective under torchrun: every process calls
+        it at the same step)."""
         ctx = self.batches.context
-        if not ctx.distributed:
-            return t.loss_sum, t.correct, t.n
-        n = distributed.all_sum(ctx, torch.tensor(t.n, device=self.device))
-        return (distributed.all_sum(ctx, t.loss_sum), distributed.all_sum(ctx, t.correct),
-                int(n.item()))
-
-    def rank_sums(self, t: EpochTotals) -> dict[str, Any]:
-        """Under torchrun, ``{"ranks": ...}``: every process's own loss sum, correct count and
-        examples so far (a collective); for one process, nothing."""
-        ctx = self.batches.context
-        if not ctx.distributed:
-            return {}
         n = torch.tensor(t.n, device=self.device)
-        return {"ranks": {"loss_sum": distributed.all_gather(ctx, t.loss_sum),
-                          "correct": distributed.all_gather(ctx, t.correct),
-                          "n": distributed.all_gather(ctx, n)}}
+        loss, correct, count = (distributed.all_gather(ctx, v) for v in (t.loss_sum, t.correct, n))
+        return loss, correct, count
 
     def check_finite(self, t: EpochTotals, loss_sum: torch.Tensor | None = None) -> None:
         """Raise :class:`Diverged` if the epoch's loss sum (``loss_sum``: the one over all
         processes; default: computed here) or a weight is NaN or infinite (one sync: a
         checkpoint and an epoch's end call it, not every step)."""
-        loss = (self.epoch_sums(t)[0] if loss_sum is None else loss_sum).item()
+        loss = (self.epoch_sums(t)[0].sum() if loss_sum is None else loss_sum).item()
         if not math.isfinite(loss):
             raise Diverged(f"the training loss is {loss}", t.step)
         params = [p.detach() for p in self.model.parameters()]
@@ -677,8 +667,7 @@ def _fit(model: nn.Module, config: TrainConfig, folder: RunFolder,
     eval_loss = loss_function(model)              # test loss: no label smoothing
     normalize = normalizer(train_ds.mean, train_ds.std, device)
     shuffle = torch.Generator().manual_seed(config.seed)
-    batches = Batches(train_ds, config.batch_size, device, shuffle,
-                      data_workers(train_ds, config.num_workers, device), ctx)
+    batches = Batches(train_ds, config.batch_size, device, shuffle, config.num_workers, ctx)
     schedule = optim.Schedule(config, len(batches))
     recipe = StepRecipe(
         augment=augment,

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from cnnlab.data import ImageDataset
 from cnnlab.errors import CnnlabError, ModelError, ShapeError
 from cnnlab.train._runs import run_data, run_info
-from cnnlab.train.loop import Batches, data_workers, normalizer, resolve_device
+from cnnlab.train.loop import Batches, normalizer, resolve_device
 from cnnlab.train.run import WEIGHTS, atomic_write, device_of, load_run, read_metadata
 
 Pool = Literal["flatten", "avg"]
@@ -312,7 +312,7 @@ def extract_features(model: nn.Module, dataset: ImageDataset, layer: str = "fc7"
     device = device_of(model)
     normalize = normalizer(dataset.mean if mean is None else mean,
                            dataset.std if std is None else std, device)
-    batches = Batches(dataset, batch_size, device, num_workers=data_workers(dataset, 0, device))
+    batches = Batches(dataset, batch_size, device)
     hook = None if layer in PENULTIMATE else _LayerOutput(model, layer)
     forward = hook or _penultimate(model)
     was_training = model.training
