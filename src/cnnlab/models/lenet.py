@@ -29,7 +29,13 @@ from torch import nn
 from cnnlab import nn as cnn
 from cnnlab.models._base import Classifier
 from cnnlab.models._registry import register
-from cnnlab.nn.lenet import LENET5_C3_TABLE, lecun_uniform_, rbf_map_loss, rbf_prototypes
+from cnnlab.nn.lenet import (
+    LENET5_C3_TABLE,
+    lecun_uniform_,
+    rbf_log_proba,
+    rbf_map_loss,
+    rbf_prototypes,
+)
 
 _LENET_LAYERS = {"c1": "features.c1", "s2": "features.s2", "c3": "features.c3",
                  "s4": "features.s4", "c5": "head.c5", "f6": "head.f6", "output": "output"}
@@ -75,6 +81,10 @@ class LeNet5(Classifier):
     def loss(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The paper's MAP criterion on the RBF outputs."""
         return rbf_map_loss(scores, target, self.rbf_j)
+
+    def log_proba(self, scores: torch.Tensor) -> torch.Tensor:
+        """Class log-probabilities under that criterion (what evaluation scores)."""
+        return rbf_log_proba(scores, self.rbf_j)
 
 
 class LeNet5Modern(Classifier):

@@ -186,8 +186,14 @@ def rbf_map_loss(scores: torch.Tensor, target: torch.Tensor, j: float = 1.0) -> 
     ones away, but only while they come closer than about j. It is cross-entropy over the class
     scores plus one extra "rubbish" class whose score is fixed at -j.
     """
+    return nn.functional.nll_loss(rbf_log_proba(scores, j), target)
+
+
+def rbf_log_proba(scores: torch.Tensor, j: float = 1.0) -> torch.Tensor:
+    """The class log-probabilities behind :func:`rbf_map_loss`: a softmax over the scores and
+    the rubbish class, which keeps the rest of the mass (N, classes)."""
     rubbish = scores.new_full((scores.shape[0], 1), -float(j))
-    return nn.functional.cross_entropy(torch.cat([scores, rubbish], dim=1), target)
+    return nn.functional.log_softmax(torch.cat([scores, rubbish], dim=1), dim=1)[:, :-1]
 
 
 def lecun_uniform_(module: nn.Module) -> None:
