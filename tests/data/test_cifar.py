@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from cnnlab.data import _download as download_mod
-from cnnlab.data import datasets as datasets_mod
 from cnnlab.data import (
+    ChecksumError,
     download,
     info,
     load,
@@ -25,6 +24,9 @@ from cnnlab.data import (
     safe_extract,
     safe_unpickle,
 )
+from cnnlab.data import _download as download_mod
+from cnnlab.data import cifar as cifar_mod
+from cnnlab.data import datasets as datasets_mod
 from cnnlab.data.registry import CIFAR100_CLASSES
 from cnnlab.errors import DataError
 
@@ -155,7 +157,7 @@ def test_python2_pickle_as_published():
     assert np.array_equal(images.reshape(3, -1), x) and labels.tolist() == y
 
 
-def test_numpy1_global_name_is_accepted():
+def test_the_published_numpy_core_name_is_accepted():   # the files predate numpy 2
     x, y, _ = fake(2)
     data = python_batch(x, y)
     assert b"numpy._core.multiarray" in data
@@ -221,15 +223,113 @@ def test_label_out_of_range_is_refused(tmp_path, fake_registry):
 def test_published_md5_is_checked(tmp_path):
     write_cifar10(tmp_path, "python")
     with pytest.raises(DataError, match=r"test_batch: md5 is [0-9a-f]{32}, expected "
-                                        r"40351d587109b95175f43aff81a1287e"):
+                                        r"40351d587109b95175f43aff81a1287e \(the official "
+                                        r"test_batch of cifar-10-python.tar.gz\)"):
+        load("cifar10", "test", data_dir=tmp_path)
+
+
+def test_a_tampered_python_batch_is_never_unpickled(tmp_path, monkeypatch):
+    """The md5 is checked first: the unpickler is not even built for a file that fails it."""
+    write_cifar10(tmp_path, "python")
+    built = []
+
+    class Recording(cifar_mod.SafeUnpickler):
+        def __init__(self, *args, **kwargs):
+            built.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(cifar_mod, "SafeUnpickler", Recording)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    with pytest.raises(ChecksumError, match=rf"^{path}: md5 is "):
+        load("cifar10", "test", data_dir=tmp_path)
+    assert built == []
+    monkeypatch.setattr(datasets_mod, "info", unchecked)      # the same file, no md5 to check:
+    assert len(load("cifar10", "test", data_dir=tmp_path)) == 2
+    assert built == [1]                                       # unpickled, so the probe works
+
+
+def binary_tarball(src, dest):
+    """Fake binary CIFAR-10 batches packed as ``dest`` (a cifar-10-binary.tar.gz)."""
+    batches = write_cifar10(src, "binary")
+    with tarfile.open(dest, "w:gz") as t:
+        t.add(src / "cifar-10-batches-bin", arcname="cifar-10-batches-bin")
+    return batches
+
+
+def with_binary_md5(md5):
+    """cifar10 with the binary tarball's md5 set to ``md5``, the python one first as usual."""
+    entry = info("cifar10")
+    python, binary = entry.archives
+    return dataclasses.replace(entry, archives=(python, dataclasses.replace(binary, md5=md5)))
+
+
+def test_binary_batches_are_checked_by_the_sums_of_the_verified_tarball(tmp_path, monkeypatch):
+    folder = tmp_path / "data" / "cifar10"
+    folder.mkdir(parents=True)
+    tar = folder / "cifar-10-binary.tar.gz"      # fetched by hand: no network needed
+    batches = binary_tarball(tmp_path / "src", tar)
+    entry = with_binary_md5(hashlib.md5(tar.read_bytes()).hexdigest())
+    monkeypatch.setattr(download_mod, "info", lambda name: entry)
+    monkeypatch.setattr(datasets_mod, "info", lambda name: entry)
+    assert download("cifar10", tmp_path / "data", progress=False) == folder
+    assert tar.is_file()                          # the user's own tarball is kept
+    batch_dir = folder / "cifar-10-batches-bin"
+    sums = (batch_dir / "cnnlab.sha256").read_text().splitlines()
+    test_bin = batch_dir / "test_batch.bin"
+    assert f"{hashlib.sha256(test_bin.read_bytes()).hexdigest()}  test_batch.bin" in sums
+    assert len(sums) == 6
+    assert load("cifar10", "test", data_dir=tmp_path / "data").labels.tolist() == (
+        batches["test"][1].tolist())
+    # one pixel changed, same size: refused by the recorded sha256 before it is parsed
+    data = bytearray(test_bin.read_bytes())
+    data[100] ^= 1
+    test_bin.write_bytes(bytes(data))
+    parsed = []
+    monkeypatch.setattr(cifar_mod, "parse_binary_batch", lambda *a: parsed.append(a) or 1 / 0)
+    with pytest.raises(ChecksumError, match=rf"^{test_bin}: sha256 is [0-9a-f]{{64}}, expected "
+                                            r"[0-9a-f]{64} \(recorded in cnnlab.sha256 from the "
+                                            r"md5-verified cifar-10-binary.tar.gz\); the file is "
+                                            r"corrupt or not the official one: delete it and run "
+                                            r"`cnnlab download cifar10 --data-dir "):
+        load("cifar10", "test", data_dir=tmp_path / "data")
+    assert parsed == []
+    # unpacked by hand (no cnnlab.sha256): no per-file checksum exists, so only the structure
+    # is checked, as the README says
+    monkeypatch.undo()
+    monkeypatch.setattr(datasets_mod, "info", lambda name: entry)
+    (batch_dir / "cnnlab.sha256").unlink()
+    assert len(load("cifar10", "test", data_dir=tmp_path / "data")) == 2
+
+
+def test_a_hand_fetched_tarball_with_a_wrong_md5_is_not_unpacked(tmp_path, monkeypatch):
+    folder = tmp_path / "data" / "cifar10"
+    folder.mkdir(parents=True)
+    tar = folder / "cifar-10-binary.tar.gz"
+    binary_tarball(tmp_path / "src", tar)
+    monkeypatch.setattr(download_mod, "info", lambda name: with_binary_md5("0" * 32))
+    with pytest.raises(ChecksumError, match=rf"^{tar}: md5 is [0-9a-f]{{32}}, expected 0{{32}} "
+                                            r"\(the published cifar-10-binary.tar.gz\)"):
+        download("cifar10", tmp_path / "data", progress=False)
+    assert sorted(p.name for p in folder.iterdir()) == ["cifar-10-binary.tar.gz"]
+
+
+def test_a_folder_where_a_batch_is_expected(tmp_path):
+    write_cifar10(tmp_path, "python")
+    where = tmp_path / "cifar-10-batches-py" / "test_batch"
+    where.unlink()
+    where.mkdir()
+    with pytest.raises(DataError, match=rf"^{where} is a folder where the data file test_batch "
+                                        r"is expected; move it out of the way"):
         load("cifar10", "test", data_dir=tmp_path)
 
 
 def test_missing_files_say_where_to_get_them(tmp_path):
     with pytest.raises(DataError, match=r"cifar100 test files missing: none of "
                                         r"cifar-100-python/, cifar-100-binary/ under .* holds "
-                                        r"them; run `cnnlab download cifar100`.*"
-                                        r"https://www.cs.toronto.edu/~kriz/cifar-100-python"):
+                                        rf"them; run `cnnlab download cifar100 --data-dir "
+                                        rf"{tmp_path}` .*https://www.cs.toronto.edu/~kriz/"
+                                        r"cifar-100-python.tar.gz into .*cifar100 and run that "
+                                        r"command \(it checks the tarball's md5, then unpacks"):
         load("cifar100", "test", data_dir=tmp_path)
 
 

@@ -1,5 +1,6 @@
 """``download`` against a local HTTP server: checksum before rename, mirrors in order."""
 
+import errno
 import gzip
 import hashlib
 from pathlib import Path
@@ -48,6 +49,36 @@ def test_corrupt_download_leaves_nothing(server, tmp_path, monkeypatch):
                                         r"[0-9a-f]+, expected " + entry.files["train"][0].sha256):
         download("tiny", tmp_path / "data", mirrors=[url], progress=False)
     assert list((tmp_path / "data" / "tiny").iterdir()) == []
+
+
+def test_a_full_disk_is_not_taken_for_a_network_failure(server, tmp_path, monkeypatch):
+    www, url = server
+    entry, gz = tiny_set(b"\0\0\x08\x01\0\0\0\x01\x00")
+    monkeypatch.setattr(download_mod, "info", lambda name: entry)
+    (www / "tiny-labels.gz").write_bytes(gz)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(download_mod.os, "fsync", full)
+    dest = tmp_path / "data" / "tiny" / "tiny-labels.gz"
+    with pytest.raises(DataError, match=rf"^cannot write {dest}: No space left on device; free "
+                                        r"some space there or pass --data-dir on another disk$"):
+        download("tiny", tmp_path / "data", mirrors=[url, url], progress=False)
+    assert list(dest.parent.iterdir()) == []                # the partial file is gone
+
+
+def test_a_folder_that_cannot_be_created(tmp_path, monkeypatch):
+    entry, _ = tiny_set(b"\0\0\x08\x01\0\0\0\x01\x00")
+    monkeypatch.setattr(download_mod, "info", lambda name: entry)
+
+    def denied(self, *a, **k):                               # root may write anywhere
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", denied)
+    with pytest.raises(DataError, match=rf"^cannot write {tmp_path}/tiny: Permission denied; "
+                                        r"pass a --data-dir you may write to$"):
+        download("tiny", tmp_path, progress=False)
 
 
 @pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason=f"no MNIST files at {SHARED}")

@@ -83,3 +83,42 @@ def test_errors_name_the_file_and_fix(tmp_path):
         load_folder(tmp_path, mode="CMYK")
     with pytest.raises(DataError, match=r"reads images from data_dir=ROOT"):
         load("folder", "train")
+
+
+def test_a_root_that_is_a_file_or_unreadable(tmp_path, monkeypatch):
+    archive = tmp_path / "pets.zip"
+    archive.write_bytes(b"PK")
+    with pytest.raises(DataError, match=rf"^image folder {archive} is a file, not a folder; pass "
+                                        r"the folder that holds train/<class>/ and test/<class>/ "
+                                        r"\(unpack an archive first\)$"):
+        load("folder", "train", data_dir=archive)
+    png(tmp_path / "train" / "a" / "1.png")
+    locked = tmp_path / "train" / "a"
+    real = type(locked).iterdir
+
+    def iterdir(self):                                       # root may read anything
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(type(locked), "iterdir", iterdir)
+    with pytest.raises(DataError, match=rf"^cannot read {locked}: permission denied; make the "
+                                        rf"image folder readable \(chmod -R u\+rX "
+                                        rf"'{tmp_path}/train'\) or copy it somewhere readable$"):
+        load_folder(tmp_path)
+    with pytest.raises(DataError, match=r"^root must be a folder path, got 7"):
+        load_folder(7)
+
+
+def test_an_image_pillow_cannot_convert(tmp_path, monkeypatch):
+    path = tmp_path / "train" / "a" / "1.png"
+    png(path)
+
+    def convert(self, mode):
+        raise ValueError(f"conversion from La to {mode} not supported")
+
+    monkeypatch.setattr(Image.Image, "convert", convert)
+    with pytest.raises(DataError, match=rf"^cannot convert image {path} \(mode RGB\) to L \("
+                                        r"conversion from La to RGB not supported\); delete or "
+                                        r"replace the file$"):
+        load_folder(tmp_path, mode="L")

@@ -74,7 +74,42 @@ def test_header_size_mismatch(tmp_path):
 def test_truncated_gzip(tmp_path):
     path = tmp_path / "cut.gz"
     path.write_bytes(gzip.compress(idx_bytes(IMAGES))[:-12])
-    with pytest.raises(DataError, match=r"cut.gz: broken gzip data .*delete it and download"):
+    with pytest.raises(DataError, match=r"cut.gz: truncated gzip data \(the stream ends after "
+                                        r"\d+ bytes, before its end marker\); the file was cut "
+                                        r"short: delete it and download again"):
+        read_idx(path)
+    path.write_bytes(gzip.compress(idx_bytes(IMAGES))[:10] + b"\xff" * 30)
+    with pytest.raises(DataError, match=r"cut.gz: broken gzip data \(.*\); the file is corrupt"):
+        read_idx(path)
+
+
+def test_empty_files_say_so(tmp_path):
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(b"")
+    with pytest.raises(DataError, match=rf"^{path} is empty \(0 bytes\), left by an interrupted "
+                                        r"copy or download: delete it and download again$"):
+        read_idx(path)
+    with pytest.raises(DataError, match=r"^src is empty \(0 bytes\), not an IDX file"):
+        parse_idx(b"", "src")
+    with pytest.raises(DataError, match=r"^src: its gzip data holds nothing \(0 bytes once "
+                                        r"decompressed\), not an IDX file"):
+        parse_idx(gzip.compress(b""), "src")
+
+
+def test_a_folder_or_an_unreadable_file(tmp_path, monkeypatch):
+    (tmp_path / "folder.gz").mkdir()
+    with pytest.raises(DataError, match=r"folder.gz is a folder where the data file folder.gz "
+                                        r"is expected; move it out of the way"):
+        read_idx(tmp_path / "folder.gz")
+    path = tmp_path / "locked"
+    path.write_bytes(idx_bytes(LABELS))
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(path), "read_bytes", denied)    # root may read anything
+    with pytest.raises(DataError, match=rf"^cannot read {path}: permission denied; make it "
+                                        rf"readable \(chmod a\+r '{path}'\)"):
         read_idx(path)
 
 

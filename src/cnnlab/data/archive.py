@@ -29,11 +29,16 @@ def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) 
     source, dest = Path(archive), Path(dest)
     try:
         with tarfile.open(source, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:          # check all before writing anything
+            members = tar.getmembers()      # reads the whole archive: a cut or corrupt one
+            for member in members:          # fails here; check all before writing anything
                 _check(member, source)
-            dest.mkdir(parents=True, exist_ok=True)
-            tar.extractall(dest, members=members, filter="data")
+            try:
+                dest.mkdir(parents=True, exist_ok=True)
+                tar.extractall(dest, members=members, filter="data")
+            except OSError as err:          # a full disk or a read-only folder
+                raise DataError(f"cannot unpack {source} into {dest}: {err.strerror or err}; "
+                                "free some space there or pass a --data-dir you may write "
+                                "to") from None
     except (tarfile.TarError, EOFError, OSError) as err:
         raise DataError(f"{source}: cannot unpack ({err}); the file is truncated or corrupt: "
                         "delete it and download again") from None

@@ -12,8 +12,15 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from cnnlab.data._download import download as fetch
-from cnnlab.data.cifar import find_split
-from cnnlab.data.files import ChecksumError, candidates, locate, resolve_data_dir
+from cnnlab.data.cifar import find_split, layout_dirs
+from cnnlab.data.files import (
+    ChecksumError,
+    candidates,
+    check_data_dir,
+    check_not_in_the_way,
+    locate,
+    resolve_data_dir,
+)
 from cnnlab.data.registry import DatasetInfo, info, owner_of
 from cnnlab.errors import DataError, ShapeError
 
@@ -140,20 +147,20 @@ def resize(images: torch.Tensor, size: int | Sequence[int],
 def _data_folder(entry: DatasetInfo, split: str, data_dir: str | os.PathLike[str] | None,
                  download: bool) -> Path:
     root, source = resolve_data_dir(data_dir)
-    if source != "cache" and not root.is_dir() and not download:
-        given = "--data-dir" if source == "data_dir" else "CNNLAB_DATA"
-        raise DataError(f"data directory {str(root)!r} (from {given}) does not exist; "
-                        "point it at the folder that holds the data set, or run "
-                        f"`cnnlab download {entry.name} --data-dir {root}` to fetch it there")
+    check_data_dir(root, source, entry.name, must_exist=not download)
+    fetch_cmd = f"`cnnlab download {entry.name} --data-dir {root}`"
     if entry.archives:
         if find_split(entry, split, root) is None:
             if not download:
-                first = entry.archives[0]
+                check_not_in_the_way([d / n for a in entry.archives
+                                      for d in layout_dirs(entry, a, root)
+                                      for n, _ in a.members[split]])
                 raise DataError(
                     f"{entry.name} {split} files missing: none of "
                     f"{', '.join(a.folder + '/' for a in entry.archives)} under {root} holds "
-                    f"them; run `cnnlab download {entry.name}` (download=True in Python), or "
-                    f"fetch {first.url} and unpack it into {root}, or point "
+                    f"them; run {fetch_cmd} (download=True in Python), or fetch "
+                    f"{entry.archives[0].url} into {root / entry.folders[0]} and run that "
+                    "command (it checks the tarball's md5, then unpacks it), or point "
                     "--data-dir/CNNLAB_DATA at a copy")
             fetch(entry.name, root)
         return root
@@ -161,12 +168,13 @@ def _data_folder(entry: DatasetInfo, split: str, data_dir: str | os.PathLike[str
     if missing and download:
         fetch(entry.name, root)
     elif missing:
+        check_not_in_the_way([p for m in missing for p in candidates(root, m, entry.folders)])
         looked = ", ".join(str(p.parent) for p in candidates(root, missing[0], entry.folders)[::2])
         raise DataError(
             f"{entry.name} {split} files missing: {', '.join(m + '(.gz)' for m in missing)} "
-            f"(looked in {looked}); run `cnnlab download {entry.name}` (download=True in "
-            f"Python), or fetch them from {entry.urls[0]} "
-            f"into {root / entry.folders[0]}, or point --data-dir/CNNLAB_DATA at a copy")
+            f"(looked in {looked}); run {fetch_cmd} (download=True in Python), or fetch them "
+            f"from {entry.urls[0]} into {root / entry.folders[0]}, or point "
+            "--data-dir/CNNLAB_DATA at a copy")
     return root
 
 

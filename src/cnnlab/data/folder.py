@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from cnnlab.data.datasets import SPLITS, ImageDataset, _as_size
+from cnnlab.data.files import as_path, kind
 from cnnlab.errors import DataError
 
 SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
@@ -44,15 +45,24 @@ def _is_image(p: Path) -> bool:
 
 def scan(split_dir: Path) -> tuple[list[str], list[tuple[Path, str]]]:
     """The class names (sorted sub-folders) and every (image path, class name), in order."""
-    if not split_dir.is_dir():
+    if kind(split_dir) != "dir":
         raise DataError(f"image folder {split_dir} does not exist; an image folder data set "
                         "needs ROOT/train/<class>/ and ROOT/test/<class>/ sub-folders")
-    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir()
-                     and not d.name.startswith("."))
-    if not classes:
-        raise DataError(f"{split_dir} has no class sub-folders; put each class's images in "
-                        f"{split_dir}/<class name>/")
-    items = [(p, c) for c in classes for p in sorted((split_dir / c).iterdir()) if _is_image(p)]
+    try:
+        classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir()
+                         and not d.name.startswith("."))
+        if not classes:
+            raise DataError(f"{split_dir} has no class sub-folders; put each class's images in "
+                            f"{split_dir}/<class name>/")
+        items = [(p, c) for c in classes for p in sorted((split_dir / c).iterdir())
+                 if _is_image(p)]
+    except PermissionError as err:
+        raise DataError(f"cannot read {err.filename}: permission denied; make the image folder "
+                        f"readable (chmod -R u+rX '{split_dir}') or copy it somewhere "
+                        "readable") from None
+    except OSError as err:
+        raise DataError(f"cannot read {err.filename or split_dir}: {err.strerror or err}; "
+                        "check the image folder") from None
     return classes, items
 
 
@@ -76,14 +86,18 @@ def _read(paths: Sequence[Path], mode: str, size: tuple[int, int] | None,
     arrays, first = [], None
     for path in paths:
         img = _open(path)
-        if img.mode != mode:
-            img = img.convert("L" if img.mode in GREY_MODES else "RGB").convert(mode)
-        if size is not None and img.size != (size[1], size[0]):
-            if not resize:
-                raise DataError(f"{path} is {img.size[0]}x{img.size[1]} but the data set's "
-                                f"images are {size[1]}x{size[0]} (width x height); pass size= "
-                                "to resize every image, e.g. size=32")
-            img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        try:
+            if img.mode != mode:
+                img = img.convert("L" if img.mode in GREY_MODES else "RGB").convert(mode)
+            if size is not None and img.size != (size[1], size[0]):
+                if not resize:
+                    raise DataError(f"{path} is {img.size[0]}x{img.size[1]} but the data set's "
+                                    f"images are {size[1]}x{size[0]} (width x height); pass "
+                                    "size= to resize every image, e.g. size=32")
+                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        except (OSError, ValueError) as err:   # a mode Pillow cannot convert, a cut file
+            raise DataError(f"cannot convert image {path} (mode {img.mode}) to {mode} ({err}); "
+                            "delete or replace the file") from None
         if first is None:
             first = (path, img.size)
         elif img.size != first[1]:
@@ -205,7 +219,10 @@ def load_folder(root: str | os.PathLike[str], split: str = "train",
     if mode is not None and mode not in MODES:
         raise DataError(f"mode must be 'RGB' or 'L' (or None to choose), got {mode!r}")
     hw = None if size is None else _as_size(size)
-    base = Path(root).expanduser()
+    base = as_path(root, "root")
+    if kind(base) in ("file", "other"):
+        raise DataError(f"image folder {base} is a file, not a folder; pass the folder that "
+                        "holds train/<class>/ and test/<class>/ (unpack an archive first)")
     classes, train_items = scan(base / "train")
     empty = [c for c in classes if not any(c == k for _, k in train_items)]
     if empty:

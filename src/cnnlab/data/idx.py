@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from cnnlab.data.files import locate, verify
+from cnnlab.data.files import GZIP_MAGIC, REFETCH, locate, read_file, refetch, verify
 from cnnlab.errors import DataError
 
 if TYPE_CHECKING:
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
 IMAGES_MAGIC = 2051  # 0x0803: uint8, 3 dims
 LABELS_MAGIC = 2049  # 0x0801: uint8, 1 dim
-GZIP_MAGIC = b"\x1f\x8b"
-_REFETCH = "delete it and download again"
 
 # IDX type code -> big-endian numpy dtype
 _TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -39,9 +37,13 @@ def gunzip_if_needed(data: bytes, source: str | Path) -> bytes:
         return data
     try:
         return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as err:
-        raise DataError(f"{source}: broken gzip data ({err}); the file is truncated or "
-                        f"corrupt: {_REFETCH}") from None
+    except EOFError:
+        raise DataError(f"{source}: truncated gzip data (the stream ends after {len(data):,} "
+                        f"bytes, before its end marker); the file was cut short: {REFETCH}"
+                        ) from None
+    except (OSError, zlib.error) as err:
+        raise DataError(f"{source}: broken gzip data ({err}); the file is corrupt: {REFETCH}"
+                        ) from None
 
 
 def parse_idx(data: bytes, source: str | Path = "<bytes>", magic: int | None = None
@@ -50,27 +52,32 @@ def parse_idx(data: bytes, source: str | Path = "<bytes>", magic: int | None = N
 
     ``magic`` (2051 images, 2049 labels), when given, must match the header's.
     """
+    if not data:
+        raise DataError(f"{source} is empty (0 bytes), not an IDX file: {REFETCH}")
     data = gunzip_if_needed(data, source)
+    if not data:
+        raise DataError(f"{source}: its gzip data holds nothing (0 bytes once decompressed), "
+                        f"not an IDX file: {REFETCH}")
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in _TYPES:
-        found = data[:4].hex() or "empty"
+        found = data[:4].hex()
         raise DataError(f"{source}: not an IDX file (first bytes 0x{found}, expected "
-                        f"0x0000 then a type code and a dimension count): {_REFETCH}")
+                        f"0x0000 then a type code and a dimension count): {REFETCH}")
     found_magic = int.from_bytes(data[:4], "big")
     if magic is not None and found_magic != magic:
         raise DataError(f"{source}: IDX magic number is {found_magic}, expected {magic} "
                         f"({'images' if magic == IMAGES_MAGIC else 'labels'}); is it the "
-                        "wrong file, or corrupt? Otherwise " + _REFETCH)
+                        "wrong file, or corrupt? Otherwise " + REFETCH)
     ndim, dtype = data[3], np.dtype(_TYPES[data[2]])
     header = 4 + 4 * ndim
     if ndim == 0 or len(data) < header:
         raise DataError(f"{source}: IDX header is cut short ({len(data)} bytes, needs {header} "
-                        f"for {ndim} dimensions): {_REFETCH}")
+                        f"for {ndim} dimensions): {REFETCH}")
     dims = struct.unpack(f">{ndim}I", data[4:header])
     expected = header + math.prod(dims) * dtype.itemsize
     if len(data) != expected:
         raise DataError(f"{source}: IDX data is {len(data):,} bytes but its header "
                         f"(shape {dims}) needs {expected:,}; the file is truncated or corrupt: "
-                        + _REFETCH)
+                        + REFETCH)
     values = np.frombuffer(data, dtype, offset=header).reshape(dims)
     return values.astype(dtype.newbyteorder("="))  # a writable copy in native order
 
@@ -82,38 +89,35 @@ def read_idx(path: str | Path, magic: int | None = None) -> np.ndarray:
     (10000,)
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"cannot read {path}: {err.strerror}") from None
-    return parse_idx(data, path, magic)
+    return parse_idx(read_file(path), path, magic)
 
 
 def read_idx_split(info: DatasetInfo, split: str, root: Path | None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """An IDX data set's split from ``root``: images (N, 1, H, W) float32 in [0, 1], labels int64.
 
-    Each file is checked against the official checksums before it is used.
+    Each file is checked against its published checksum before a byte of it is decompressed
+    or parsed.
     """
     assert root is not None  # load() resolves the data folder for file-based sets
     image_file, label_file = info.files[split]
-    arrays = []
+    arrays, fix = [], refetch(info.name, root)
     for entry, magic in ((image_file, IMAGES_MAGIC), (label_file, LABELS_MAGIC)):
         path = locate(root, entry.name, info.folders)
         if path is None:
             raise DataError(f"{info.name}: {entry.name}(.gz) is missing from {root}")
-        raw = path.read_bytes()
-        arrays.append(parse_idx(raw, path, magic))   # structure first: clearer errors
-        verify(path, raw, entry)
+        raw = read_file(path, fix)
+        verify(path, raw, entry, fix)
+        arrays.append(parse_idx(raw, path, magic))
     images, labels = arrays
     shape = info.shape[1:]
     if images.ndim != 3 or images.shape[1:] != shape:
         raise DataError(f"{info.name} {split}: images are {images.shape[1:]}, expected {shape}")
     if len(images) != len(labels):
         raise DataError(f"{info.name} {split}: {len(images)} images but {len(labels)} labels; "
-                        "the files belong to different sets: " + _REFETCH)
+                        "the files belong to different sets: " + fix)
     if labels.size and int(labels.max()) >= len(info.classes):
         raise DataError(f"{info.name} {split}: label {int(labels.max())} is out of range "
-                        f"0..{len(info.classes) - 1}: {_REFETCH}")
+                        f"0..{len(info.classes) - 1}: {fix}")
     x = torch.from_numpy(images).unsqueeze(1).float().div_(255)  # N x 1 x 28 x 28
     return x, torch.from_numpy(labels).long()

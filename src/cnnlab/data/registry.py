@@ -41,7 +41,9 @@ class Archive:
     md5: str                   # of the tarball, as published
     folder: str                # the top folder it unpacks to
     layout: str
-    members: Mapping[str, tuple[tuple[str, str], ...]]   # split -> ((file, md5 or ""), ...)
+    # split -> ((file, md5), ...); md5 "" where none is known: such files are checked against
+    # the sha256s that download() takes from the md5-verified tarball (cnnlab.sha256)
+    members: Mapping[str, tuple[tuple[str, str], ...]]
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,8 @@ _DATASETS = [
         reader=read_cifar_split,
         folders=("cifar10",),
         archives=(
-            # per-file md5s as torchvision lists them; the publisher gives only the tarball's
+            # per-file md5s as torchvision lists them; the publisher gives only the tarball's,
+            # and for the binary batches no one publishes any
             Archive("cifar-10-python.tar.gz", _KRIZ + "cifar-10-python.tar.gz",
                     md5="c58f30108f718f92721af3b95e74349a", folder="cifar-10-batches-py",
                     layout="python", members={
