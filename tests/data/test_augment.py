@@ -18,7 +18,7 @@ from cnnlab.data import (
     ten_crops,
 )
 from cnnlab.data.augment import DEFAULTS
-from cnnlab.errors import DataError, ShapeError
+from cnnlab.errors import CnnlabError, DataError, ShapeError
 
 ALL = [RandomCrop(6, padding=2), RandomCrop((5, 7), padding=1, padding_mode="reflect"),
        HorizontalFlip(), RandomTranslate(2), RandomRotation(30), ColorJitter(0.4, 0.4),
@@ -174,3 +174,33 @@ def test_test_time_augmentation_gives_probability_rows(x):
     assert torch.allclose(multi_crop(net, x, 8), flip_average(net, x), atol=1e-6)
     with pytest.raises(ShapeError, match="crop 9x9 is larger than the images 8x8"):
         multi_crop(net, x, 9)
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: RandomCrop(4, padding="2"), r"RandomCrop: padding must be an int >= 0 .*got '2'"),
+    (lambda: RandomCrop(3.5), r"RandomCrop: size must be a positive int or \(height, .*3.5"),
+    (lambda: HorizontalFlip("a"), r"HorizontalFlip: p must be a number in \[0, 1\], got 'a'"),
+    (lambda: HorizontalFlip(1.5), r"HorizontalFlip: p must be a number in \[0, 1\], got 1.5"),
+    (lambda: RandomTranslate(-2), r"RandomTranslate: max_pixels must be an int >= 0, got -2"),
+    (lambda: RandomRotation("a"), r"RandomRotation: degrees must be a number >= 0, got 'a'"),
+    (lambda: ColorJitter(1.5), r"ColorJitter: brightness must be a number in \[0, 1\], got 1.5"),
+])
+def test_bad_settings_are_refused_when_made(make, message):
+    with pytest.raises(CnnlabError, match=f"^{message}"):
+        make()
+
+
+def test_bad_inputs_at_call_time():
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(ShapeError, match=r"^RandomCrop: reflect padding 8 needs images larger "
+                                         r"than 8 pixels, got 8x8; lower padding or use "
+                                         r"padding_mode='constant'$"):
+        RandomCrop(8, padding=8, padding_mode="reflect")(x)
+    with pytest.raises(ShapeError, match=r"^rotate: degrees needs one value or one per image "
+                                         r"\(2\), got 3$"):
+        rotate(x, torch.tensor([1.0, 2.0, 3.0]))
+    with pytest.raises(DataError, match=r"^rotate: degrees must be a number or one per image, "
+                                        r"got str 'a'"):
+        rotate(x, "a")
+    with pytest.raises(ShapeError, match=r"^ten_crops: size must be a positive int"):
+        ten_crops(x, 2.5)

@@ -97,3 +97,22 @@ def test_image_dataset_indexes_like_a_dataset():
     with pytest.raises(ShapeError, match="needs images"):
         ImageDataset(torch.zeros(3, 8, 8), torch.zeros(3), name="x", split="train",
                      classes="ab", mean=(0.0,), std=(1.0,))
+
+
+def test_absurd_sizes_and_selections_are_one_line_errors():
+    with pytest.raises(ShapeError, match=r"^cannot resize 1437 images to 1000000000000x"
+                                         r"1000000000000: they would take 5,748,0[0,]+ bytes as "
+                                         r"float32, more than can be allocated; choose a smaller "
+                                         r"size$"):
+        load("digits", "train", size=10**12)
+    for bad in (3.5, "32", (0, 4), (True, 4)):
+        with pytest.raises(ShapeError, match=r"^size must be a positive int or \(height, width\)"):
+            load("digits", "test", size=bad)
+    test = load("digits", "test")
+    with pytest.raises(DataError, match=r"^subset: cannot select those examples of 360 \(index "
+                                        r"360 is out of bounds.*\); pass indices in 0..359"):
+        test.subset([0, 360])
+    with pytest.raises(DataError, match=r"^subset: cannot select those examples of 360 .*a "
+                                        r"boolean mask of that length"):
+        test.subset(torch.ones(5, dtype=torch.bool))
+    assert len(test.subset(torch.arange(360) < 7)) == 7

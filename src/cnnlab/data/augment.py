@@ -24,6 +24,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from cnnlab.data.datasets import as_size
 from cnnlab.errors import DataError, ShapeError
 
 Model = Callable[[torch.Tensor], torch.Tensor]
@@ -60,11 +61,12 @@ def _crop_at(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w: 
              torch.arange(c, device=dev)[None, :, None, None], rows, cols]  # N x C x h x w
 
 
-def _pair(size: int | Sequence[int], who: str) -> tuple[int, int]:
-    pair = (size, size) if isinstance(size, int) else tuple(size)
-    if len(pair) != 2 or min(pair) < 1:
-        raise ShapeError(f"{who}: size must be a positive int or (height, width), got {size!r}")
-    return int(pair[0]), int(pair[1])
+def _number(value: object, who: str, low: float, high: float = math.inf) -> None:
+    """Refuse ``value`` unless it is a real number in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            low <= value <= high):
+        span = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+        raise DataError(f"{who} must be a number {span}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -77,15 +79,22 @@ class RandomCrop:
     padding_mode: str = "constant"
 
     def __post_init__(self) -> None:
-        if self.padding < 0 or self.padding_mode not in ("constant", "reflect"):
-            raise DataError(f"RandomCrop: padding must be >= 0 and padding_mode 'constant' or "
-                            f"'reflect', got {self.padding} and {self.padding_mode!r}")
+        as_size(self.size, "RandomCrop")
+        if not isinstance(self.padding, int) or isinstance(self.padding, bool) or (
+                self.padding < 0 or self.padding_mode not in ("constant", "reflect")):
+            raise DataError(f"RandomCrop: padding must be an int >= 0 and padding_mode "
+                            f"'constant' or 'reflect', got {self.padding!r} and "
+                            f"{self.padding_mode!r}")
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None
                  ) -> torch.Tensor:
         _check(x, "RandomCrop")
-        h, w = _pair(self.size, "RandomCrop")
+        h, w = as_size(self.size, "RandomCrop")
         p = self.padding
+        if p and self.padding_mode == "reflect" and p >= min(x.shape[-2:]):
+            raise ShapeError(f"RandomCrop: reflect padding {p} needs images larger than {p} "
+                             f"pixels, got {x.shape[-2]}x{x.shape[-1]}; lower padding or use "
+                             "padding_mode='constant'")
         if p:
             x = F.pad(x, (p, p, p, p), mode=self.padding_mode)   # N x C x H+2p x W+2p
         if h > x.shape[-2] or w > x.shape[-1]:
@@ -103,6 +112,9 @@ class HorizontalFlip:
 
     p: float = 0.5
 
+    def __post_init__(self) -> None:
+        _number(self.p, "HorizontalFlip: p", 0, 1)
+
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None
                  ) -> torch.Tensor:
         _check(x, "HorizontalFlip")
@@ -117,6 +129,12 @@ class RandomTranslate:
 
     max_pixels: int
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_pixels, int) or isinstance(self.max_pixels, bool) or (
+                self.max_pixels < 0):
+            raise DataError(f"RandomTranslate: max_pixels must be an int >= 0, got "
+                            f"{self.max_pixels!r}")
+
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None
                  ) -> torch.Tensor:
         _check(x, "RandomTranslate")
@@ -129,8 +147,16 @@ def rotate(x: torch.Tensor, degrees: torch.Tensor | float) -> torch.Tensor:
     positive turns counter-clockwise as ``torch.rot90`` does. Bilinear, zeros outside."""
     _check(x, "rotate")
     n = x.shape[0]
+    try:
+        angles = torch.as_tensor(degrees, dtype=torch.float64).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        raise DataError(f"rotate: degrees must be a number or one per image, got "
+                        f"{type(degrees).__name__} {str(degrees)[:40]!r}") from None
+    if angles.numel() not in (1, n):
+        raise ShapeError(f"rotate: degrees needs one value or one per image ({n}), got "
+                         f"{angles.numel()}")
     # minus: the grid maps output to input, so the sampling turns the other way
-    theta = torch.as_tensor(degrees, dtype=torch.float64).expand(n) * (-math.pi / 180)
+    theta = angles.expand(n) * (-math.pi / 180)
     cos, sin = torch.cos(theta), torch.sin(theta)
     h, w = x.shape[-2:]
     # output pixel -> input position, in normalised coordinates with the aspect ratio undone
@@ -148,6 +174,9 @@ class RandomRotation:
 
     degrees: float
 
+    def __post_init__(self) -> None:
+        _number(self.degrees, "RandomRotation: degrees", 0)
+
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None
                  ) -> torch.Tensor:
         return rotate(x, _uniform(x.shape[0], -self.degrees, self.degrees, generator))
@@ -160,6 +189,10 @@ class ColorJitter:
 
     brightness: float = 0.0
     contrast: float = 0.0
+
+    def __post_init__(self) -> None:
+        _number(self.brightness, "ColorJitter: brightness", 0, 1)
+        _number(self.contrast, "ColorJitter: contrast", 0, 1)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None
                  ) -> torch.Tensor:
@@ -247,7 +280,7 @@ def content_scale(name: str, size: int | Sequence[int]) -> float:
     from cnnlab.data.registry import DATASETS
 
     entry = DATASETS.get(name)
-    h, w = _pair(size, "content_scale")
+    h, w = as_size(size, "content_scale")
     if entry is None or (h, w) == entry.pad_to or (h, w) == tuple(entry.shape[1:]):
         return 1.0
     return min(h / entry.shape[1], w / entry.shape[2])
@@ -280,7 +313,7 @@ def default_augmentation(name: str, size: int | Sequence[int] | None = None) -> 
                         f"{', '.join(sorted(DEFAULTS))}; pass Compose([...]) explicitly")
     if size is None:
         return Compose(DEFAULTS[name])
-    pair = _pair(size, "default_augmentation")
+    pair = as_size(size, "default_augmentation")
     scale = content_scale(name, pair)
     return Compose(tuple(_scaled(t, pair, scale) for t in DEFAULTS[name]))
 
@@ -303,7 +336,7 @@ def ten_crops(x: torch.Tensor, size: int | Sequence[int]) -> list[torch.Tensor]:
     """AlexNet's 10 test views: the 4 corner and the centre ``size`` patches, and their
     mirrors."""
     _check(x, "ten_crops")
-    h, w = _pair(size, "ten_crops")
+    h, w = as_size(size, "ten_crops")
     H, W = x.shape[-2:]
     if h > H or w > W:
         raise ShapeError(f"ten_crops: crop {h}x{w} is larger than the images {H}x{W}")

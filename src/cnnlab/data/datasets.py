@@ -90,14 +90,20 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
     def subset(self, index: torch.Tensor | Sequence[int] | slice) -> ImageDataset:
         """A dataset of the chosen examples (indices, a boolean mask or a slice)."""
-        if not isinstance(index, slice):
-            index = torch.as_tensor(index)
-        chosen: torch.Tensor | LazyImages
-        if isinstance(self.images, torch.Tensor):
-            chosen = self.images[index]
-        else:                                     # a lazy folder: still on disk
-            chosen = self.images.select(index)
-        return ImageDataset(chosen, self.labels[index], name=self.name,
+        try:
+            if not isinstance(index, slice):
+                index = torch.as_tensor(index)
+            chosen: torch.Tensor | LazyImages
+            if isinstance(self.images, torch.Tensor):
+                chosen = self.images[index]
+            else:                                     # a lazy folder: still on disk
+                chosen = self.images.select(index)
+            labels = self.labels[index]
+        except (IndexError, TypeError, ValueError, RuntimeError) as err:
+            raise DataError(f"subset: cannot select those examples of {len(self)} "
+                            f"({str(err).splitlines()[0]}); pass indices in 0..{len(self) - 1}, "
+                            "a boolean mask of that length or a slice") from None
+        return ImageDataset(chosen, labels, name=self.name,
                             split=self.split, classes=self.classes, mean=self.mean, std=self.std)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,13 +123,15 @@ def batch_collate(batch: Any) -> Any:
     return batch
 
 
-def _as_size(size: int | Sequence[int]) -> tuple[int, int]:
+def as_size(size: int | Sequence[int], who: str = "") -> tuple[int, int]:
+    """``size`` (an int or (height, width), positive) as (height, width); ``who`` prefixes
+    the error."""
     pair = (size, size) if isinstance(size, int) else tuple(size) if isinstance(
-        size, Sequence) else ()
+        size, Sequence) and not isinstance(size, str) else ()
     if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
                                  for v in pair):
-        raise ShapeError(f"size must be a positive int or (height, width), got {size!r}; "
-                         "e.g. size=32 or size=(32, 32)")
+        raise ShapeError(f"{who + ': ' if who else ''}size must be a positive int or (height, "
+                         f"width), got {size!r}; e.g. size=32 or size=(32, 32)")
     return pair[0], pair[1]
 
 
@@ -131,16 +139,22 @@ def resize(images: torch.Tensor, size: int | Sequence[int],
            pad_to: tuple[int, int] | None = None) -> torch.Tensor:
     """Resize (N, C, H, W) images to ``size``: zero padding around the centre when ``size``
     equals ``pad_to``, else bilinear resampling (antialiased when shrinking)."""
-    h, w = _as_size(size)
+    h, w = as_size(size)
     in_h, in_w = images.shape[-2:]
     if (h, w) == (in_h, in_w):
         return images
-    if (h, w) == pad_to and h >= in_h and w >= in_w:
-        top, left = (h - in_h) // 2, (w - in_w) // 2   # 28 -> 32: 2 on each side
-        return F.pad(images, (left, w - in_w - left, top, h - in_h - top))
-    shrink = h < in_h or w < in_w
-    out = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False,
-                        antialias=shrink)
+    try:
+        if (h, w) == pad_to and h >= in_h and w >= in_w:
+            top, left = (h - in_h) // 2, (w - in_w) // 2   # 28 -> 32: 2 on each side
+            return F.pad(images, (left, w - in_w - left, top, h - in_h - top))
+        shrink = h < in_h or w < in_w
+        out = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False,
+                            antialias=shrink)
+    except (RuntimeError, MemoryError):    # too large to allocate, or even to index
+        n, c = images.shape[:2]
+        raise ShapeError(f"cannot resize {n} images to {h}x{w}: they would take "
+                         f"{n * c * h * w * 4:,} bytes as float32, more than can be allocated; "
+                         "choose a smaller size") from None
     return out.clamp_(0.0, 1.0)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cnnlab.data.datasets import SPLITS, ImageDataset, _as_size
+from cnnlab.data.datasets import SPLITS, ImageDataset, as_size
 from cnnlab.data.files import as_path, kind
 from cnnlab.errors import DataError
 
@@ -218,7 +218,7 @@ def load_folder(root: str | os.PathLike[str], split: str = "train",
         raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
     if mode is not None and mode not in MODES:
         raise DataError(f"mode must be 'RGB' or 'L' (or None to choose), got {mode!r}")
-    hw = None if size is None else _as_size(size)
+    hw = None if size is None else as_size(size)
     base = as_path(root, "root")
     if kind(base) in ("file", "other"):
         raise DataError(f"image folder {base} is a file, not a folder; pass the folder that "

@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from cnnlab.data.files import GZIP_MAGIC, REFETCH, locate, read_file, refetch, verify
+from cnnlab.data.files import (
+    GZIP_MAGIC,
+    REFETCH,
+    as_path,
+    locate,
+    read_file,
+    refetch,
+    verify,
+)
 from cnnlab.errors import DataError
 
 if TYPE_CHECKING:
@@ -52,6 +60,10 @@ def parse_idx(data: bytes, source: str | Path = "<bytes>", magic: int | None = N
 
     ``magic`` (2051 images, 2049 labels), when given, must match the header's.
     """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DataError(f"parse_idx needs the file's bytes, got {type(data).__name__}; "
+                        "read_idx(path) reads a file")
+    data = bytes(data)
     if not data:
         raise DataError(f"{source} is empty (0 bytes), not an IDX file: {REFETCH}")
     data = gunzip_if_needed(data, source)
@@ -88,7 +100,7 @@ def read_idx(path: str | Path, magic: int | None = None) -> np.ndarray:
     >>> read_idx("../shared/data/mnist/t10k-labels-idx1-ubyte.gz", magic=2049).shape
     (10000,)
     """
-    path = Path(path)
+    path = as_path(path, "path")
     return parse_idx(read_file(path), path, magic)
 
 
