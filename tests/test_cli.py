@@ -67,7 +67,9 @@ def test_summary_of_a_spec_as_json(capsys):
     (["train", "lenet7", "--epochs", "1"], "unknown model 'lenet7'"),
     (["train", "lenet5", "--epochs", "0"], "epochs must be"),
     (["train", "lenet5", "--data", "mnist", "--data-dir", "/nonexistent/dir"], "does not exist"),
-    (["train", "lenet5", "--data", "cifar"], "unknown data set"),
+    (["train", "lenet5", "--data", "cifar"], "got data='cifar' (did you mean 'cifar10'?)"),
+    (["summary", "lenet5", "--input", "-1x2x3"], "--input '-1x2x3'"),
+    (["train", "lenet5", "--lr", "-0.5"], "lr must be a positive number, got lr=-0.5"),
     (["eval", "/nonexistent/run"], "run"),
 ])
 def test_user_mistakes_give_one_line_errors(capsys, argv, message):
@@ -97,7 +99,55 @@ def test_train_then_eval_on_the_embedded_digits(tmp_path, capsys):
 
 
 def test_help_for_every_command():
-    for command in ([], ["models"], ["summary"], ["train"], ["eval"], ["download"]):
+    for command in ([], ["models"], ["summary"], ["train"], ["eval"], ["features"], ["plot"],
+                    ["download"]):
         proc = subprocess.run([sys.executable, "-m", "cnnlab", *command, "--help"],
                               capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 0 and "usage: cnnlab" in proc.stdout
+
+
+def test_an_option_value_that_starts_with_a_dash_reaches_the_option():
+    from cnnlab.cli import _attach_dash_values, build_parser
+
+    parser = build_parser()
+    assert _attach_dash_values(parser, ["summary", "lenet5", "--input", "-1x2x3"]) == [
+        "summary", "lenet5", "--input=-1x2x3"]
+    assert _attach_dash_values(parser, ["train", "--epochs", "2", "--augment", "-crop"]) == [
+        "train", "--epochs", "2", "--augment=-crop"]
+    # not: a flag's neighbour, an option itself, a word after `--`, another command's option
+    for argv in (["summary", "x", "--json", "-1"], ["train", "--out", "-h"],
+                 ["train", "--data", "--epochs", "2"], ["train", "--", "--out", "-x"],
+                 ["models", "--input", "-1"]):
+        assert _attach_dash_values(parser, argv) == argv
+
+
+def test_an_os_error_no_command_explained_is_one_line(monkeypatch, capsys, tmp_path):
+    import errno
+
+    from cnnlab import cli
+
+    def fails(args):
+        (tmp_path / "missing" / "curves.png").write_bytes(b"")   # a real OSError
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_plot", fails)
+    code, out, err = run(capsys, "plot", str(tmp_path))
+    assert code == 1 and out == ""
+    assert err == (f"error: cnnlab plot failed: {tmp_path / 'missing' / 'curves.png'}: No such "
+                   "file or directory; check the path\n")
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/a/checkpoint.safetensors")
+
+    monkeypatch.setattr(cli, "cmd_plot", full)
+    code, _, err = run(capsys, "plot", str(tmp_path))
+    assert code == 1 and err == ("error: cnnlab plot failed: runs/a/checkpoint.safetensors: No "
+                                 "space left on device; free some disk space and run the "
+                                 "command again\n")
+
+    def renamed(args):
+        raise OSError(errno.EXDEV, "Invalid cross-device link", "a.tmp", None, "b")
+
+    monkeypatch.setattr(cli, "cmd_plot", renamed)
+    code, _, err = run(capsys, "plot", str(tmp_path))
+    assert code == 1 and err == "error: cnnlab plot failed: a.tmp -> b: Invalid cross-device link\n"

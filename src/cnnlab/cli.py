@@ -6,6 +6,7 @@ A user mistake prints ``error: ...`` on one line and exits with status 2; no tra
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import select
@@ -15,9 +16,10 @@ from typing import Any
 
 from cnnlab.errors import CnnlabError
 
+# {...}: filled in from the config, the data registry and the models' recipes (build_parser)
 EPILOG_TRAIN = """\
 examples:
-  cnnlab train lenet5                                    # embedded digits, 10 epochs
+  cnnlab train lenet5                                    # {lenet5}
   cnnlab train lenet5 --data mnist --data-dir ../shared/data --epochs 20 --out runs/lenet5
   cnnlab train lenet5_modern --data fashion-mnist --data-dir DIR --lr 0.05 --lr-step 8
   cnnlab train lenet5_modern --augment translate2 --schedule onecycle --epochs 10
@@ -25,11 +27,11 @@ examples:
   cnnlab train lenet5_modern --checkpoint-every 200 --out runs/a    # killed? then:
   cnnlab train --resume runs/a                                      # continues to the bit
 
-augment: "none" (default), "auto" (the data set's default: no reflections or rotations for
-digits), or a comma list of crop[PIXELS] flip[P] translate[PIXELS] rotate[DEGREES] jitter[AMOUNT]
-pca[SIGMA], applied in that order to each training batch.
+--augment (8.3.4), applied to each training batch:
+{augment}
+
 --resume RUN continues RUN from its last checkpoint with RUN/config.json's settings; only
---epochs (not for cosine/onecycle), --device, --num-workers and --data-dir may change.
+{resumable} may change.
 """
 
 EPILOG_SUMMARY = """\
@@ -107,6 +109,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cnnlab.train import TrainConfig, resume_config, train
+    from cnnlab.train.config import COMMAND_LINE
 
     fields = {k: v for k, v in vars(args).items()
               if k in TrainConfig.__dataclass_fields__ and v is not None}
@@ -119,13 +122,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CnnlabError("cnnlab train needs a model name (see `cnnlab models`), or "
                           "--resume RUN to continue a run")
     else:
-        config = TrainConfig.for_model(fields)
+        config = TrainConfig.for_model(fields, source=COMMAND_LINE)
     result = train(config, progress=not args.quiet, overwrite=args.overwrite,
                    resume=bool(args.resume))
     if os.environ.get("RANK", "0") not in ("", "0"):
         return 0                                        # torchrun: rank 0 reports
     print(f"test accuracy {100 * result['test_top1']:.2f}% (error {100 * result['test_error']:.2f}%)"
-          f" after {config.epochs} epochs, {result['seconds']:.0f} s; run saved in {config.out}")
+          f" after {config.epochs} epochs, {result['seconds']:.0f} s; run saved in {config.out or config.default_out()}")
     return 0
 
 
@@ -236,7 +239,68 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_settings(p: argparse.ArgumentParser) -> None:
+    """``cnnlab train``'s options, one per :class:`TrainConfig` field, from the field's own
+    :class:`~cnnlab.train.config.Setting`. An option not given is None, so that the model's
+    recipe, then the field's default, applies; the config checks the values (with near
+    matches for the choices), so the parser leaves choices to it."""
+    from cnnlab import models
+    from cnnlab.train.config import SETTINGS
+
+    recipes = {name: models.info(name).recipe for name in models.names()}
+    for s in SETTINGS.values():
+        given = {m: r[s.name] for m, r in recipes.items() if s.name in r}
+        help_ = _setting_help(s.help, None if s.name == "model" else s.default, given)
+        help_ = help_.replace("%", "%%")                     # argparse %-formats help
+        if s.name == "model":
+            p.add_argument("model", nargs="?", help=f"{help_}; not needed with --resume")
+        elif s.kind is bool:
+            p.add_argument(s.flag, action=argparse.BooleanOptionalAction, help=help_)
+        else:
+            choices = "{" + ",".join(s.choices) + "}" if s.choices else None
+            p.add_argument(s.flag, type=s.kind, metavar=s.metavar or choices, help=help_)
+
+
+def _setting_help(text: str, default: Any, recipes: dict[str, Any]) -> str:
+    """``text (default D; what the models' recipes give instead)``."""
+    notes = []
+    if default is not None:
+        shown = ("on" if default else "off") if isinstance(default, bool) else default
+        notes.append(f"default {shown}")
+    if 0 < len(recipes) <= 3:
+        notes.append("recipes: " + ", ".join(f"{m} {v}" for m, v in recipes.items()))
+    elif recipes:
+        notes.append(f"the recipes of {len(recipes)} models set their own: "
+                     "`cnnlab models --json`")
+    return f"{text} ({'; '.join(notes)})" if notes else text
+
+
+def _train_epilog() -> str:
+    import re
+    import textwrap
+
+    from cnnlab import data
+    from cnnlab.train import augmentation
+    from cnnlab.train.checkpoint import RESUMABLE
+    from cnnlab.train.config import SETTINGS, TrainConfig
+
+    lenet5 = TrainConfig.for_model({"model": "lenet5"})
+    where = "embedded " if data.info(lenet5.data).embedded else ""
+    grammar = re.search(r"::\n\n(.*?)\n\n(?=\S)", augmentation.__doc__ or "", re.DOTALL)
+    return EPILOG_TRAIN.format(
+        lenet5=f"{where}{lenet5.data}, {lenet5.epochs} epochs (its recipe)",
+        augment=textwrap.indent(textwrap.dedent(grammar.group(1) if grammar else ""), "  "),
+        resumable=", ".join(SETTINGS[k].flag for k in RESUMABLE if k != "out"))
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import typing
+
+    from cnnlab import data
+    from cnnlab.data import SPLITS
+    from cnnlab.train.ensemble import TTA
+    from cnnlab.train.transfer import Pool
+
     parser = argparse.ArgumentParser(
         prog="cnnlab", description="The convolutional networks of the chapter: list, inspect, "
         "train and evaluate them.", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -266,65 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a model with SGD + momentum. Settings you leave out "
                        "come from the model's recipe (`cnnlab models --json` shows it), then "
                        "from the defaults.",
-                       epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", nargs="?", help="model name (see `cnnlab models`); not needed "
-                   "with --resume")
-    p.add_argument("--data", help="data set: digits (embedded, default), mnist, fashion-mnist, "
-                   "cifar10, cifar100, or folder (ROOT/train/<class>/, ROOT/test/<class>/ "
-                   "given as --data-dir ROOT)")
-    p.add_argument("--data-dir", help="folder with the data files (default: $CNNLAB_DATA, "
-                   "else ~/.cache/cnnlab)")
-    p.add_argument("--epochs", type=int, help="passes over the training set")
-    p.add_argument("--batch-size", type=int, help="mini-batch size")
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=float, help="L2 weight decay")
-    p.add_argument("--lr-step", type=int, help="epochs between learning-rate drops (0: none)")
-    p.add_argument("--lr-gamma", type=float, help="factor of each drop (default 0.1)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--kernel", choices=["native", "reference"],
-                   help="run on PyTorch's kernels or on the chapter's reference kernels")
-    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction,
-                   help="Nesterov momentum")
-    p.add_argument("--schedule", choices=["step", "constant", "cosine", "onecycle", "plateau"],
-                   help="learning-rate schedule (default step: --lr-step/--lr-gamma); plateau "
-                   "multiplies by --lr-gamma when the test error stalls (AlexNet)")
-    p.add_argument("--warmup-epochs", type=float, help="linear warm-up, in epochs (onecycle: "
-                   "default 30%% of the run)")
-    p.add_argument("--patience", type=int, help="plateau: epochs without a lower test error "
-                   "before a drop (default 3)")
-    p.add_argument("--augment", metavar="LIST", help="training-time augmentation: none "
-                   "(default), auto, or e.g. crop4,flip,pca (see below)")
-    p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing, "
-                   "in [0, 1)")
-    p.add_argument("--clip-grad-norm", type=float, help="clip the gradients' global L2 norm "
-                   "(0: off)")
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"],
-                   help="mixed precision (fp16 on CUDA only)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
-                   help="NHWC memory format")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction,
-                   help="torch.compile the model (slow to start, on the CPU especially)")
-    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction,
-                   help="under torchrun on GPUs: batch-norm statistics over the global batch, "
-                   "not each process's share (torch's SyncBatchNorm)")
-    p.add_argument("--device", help="auto (default: cuda if present), cpu, cuda, cuda:N")
-    p.add_argument("--num-workers", type=int, help="DataLoader worker processes (default 0: "
-                   "slice tensors in memory)")
-    p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="checkpoint every "
-                   "STEPS steps too (default 0: at each epoch's end only)")
+                       epilog=_train_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_settings(p)                                    # one option per TrainConfig field
     p.add_argument("--resume", metavar="RUN", help="continue the unfinished run in folder RUN "
                    "from its last checkpoint")
-    p.add_argument("--init", metavar="PATH", help="start from pretrained weights: a run folder, "
-                   "a .safetensors or a torchvision .pth state dict (the output layer is "
-                   "replaced when the class count differs)")
-    p.add_argument("--freeze-until", metavar="LAYER", help="fine-tune only the layers after "
-                   "LAYER (a chapter name such as conv5 or fc6, or a module path)")
-    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction,
-                   help="write TensorBoard events in RUN/tensorboard (default on)")
-    p.add_argument("--plots", action=argparse.BooleanOptionalAction,
-                   help="draw RUN/curves.png and RUN/confusion.png at the end (default on)")
-    p.add_argument("--out", help="run folder (default runs/MODEL-DATA)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder's results")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -338,9 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folder written by `cnnlab train`")
     p.add_argument("--data", help="data set (default: the one the runs were trained on)")
     p.add_argument("--data-dir", help="folder with the data files")
-    p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument("--split", choices=SPLITS, default="test")
     p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--tta", choices=["none", "flip", "crops"], default="none",
+    p.add_argument("--tta", choices=TTA, default="none",
                    help="test-time views averaged per image: the image and its mirror (flip), "
                    "or AlexNet's ten crops of the image zero-padded by --crop-padding (crops)")
     p.add_argument("--crop-padding", type=int, metavar="PIXELS",
@@ -359,10 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder written by `cnnlab train`")
     p.add_argument("--data", help="data set (default: the one the run was trained on)")
     p.add_argument("--data-dir", help="folder with the data files")
-    p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument("--split", choices=SPLITS, default="test")
     p.add_argument("--layer", default="fc7", help="fc7 (default: the penultimate layer), or a "
                    "chapter layer name (conv3, c5, ...) or module path")
-    p.add_argument("--pool", choices=["flatten", "avg"], default="flatten",
+    p.add_argument("--pool", choices=typing.get_args(Pool), default="flatten",
                    help="a spatial volume C x H x W: all C*H*W values (flatten), or the mean of "
                    "each map (avg)")
     p.add_argument("--batch-size", type=int, default=500)
@@ -380,14 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("download", help="fetch a data set from its publisher, checksums verified")
-    p.add_argument("name", choices=["mnist", "fashion-mnist", "cifar10", "cifar100"])
+    p.add_argument("name", choices=[n for n in data.names() if not data.info(n).embedded])
     p.add_argument("--data-dir", help="where to put it (default: $CNNLAB_DATA, else ~/.cache/cnnlab)")
     p.set_defaults(func=cmd_download)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(_attach_dash_values(parser, sys.argv[1:] if argv is None else argv))
     try:
         return int(args.func(args))
     except CnnlabError as err:
@@ -404,6 +414,58 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(f"error: {err}", file=sys.stderr)       # another pipe: a one-line error
         return 1
+    except OSError as err:        # the safety net: what a command did not turn into its own
+        print(f"error: {_os_failure(args.command, err)}", file=sys.stderr)
+        return 1
+
+
+def _attach_dash_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """``--input -1x2x3`` -> ``--input=-1x2x3``: argparse reads a value that starts with '-'
+    as an option and reports a missing argument; attached, it reaches the option's own check.
+    Only for options that take one value, and not when the next word is an option itself."""
+    argv = list(argv)
+    command = next((w for w in argv if not w.startswith("-")), None)
+    sub = next((a.choices.get(command) for a in parser._actions
+                if isinstance(a, argparse._SubParsersAction) and command), None)
+    if sub is None:
+        return argv
+    known = {o for a in sub._actions for o in a.option_strings}
+    takes_one = {o for a in sub._actions if a.nargs is None for o in a.option_strings}
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        word, nxt = argv[i], (argv[i + 1] if i + 1 < len(argv) else "")
+        if word == "--":                                   # the rest are positionals
+            return out + argv[i:]
+        if word in takes_one and nxt[:1] == "-" and nxt[:2] != "--" and nxt not in known:
+            out.append(f"{word}={nxt}")
+            i += 2
+        else:
+            out.append(word)
+            i += 1
+    return out
+
+
+# errno -> what to do, for the one-line report of an OSError no command explained
+_OS_FIXES = {
+    errno.ENOSPC: "free some disk space and run the command again",
+    errno.EDQUOT: "free some of your disk quota and run the command again",
+    errno.EACCES: "check its permissions, or use another path",
+    errno.EPERM: "check its permissions, or use another path",
+    errno.EROFS: "it is on a read-only file system: use another path",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "check the path: a part of it is a file",
+    errno.EISDIR: "check the path: it is a folder",
+}
+
+
+def _os_failure(command: str, err: OSError) -> str:
+    """``cnnlab COMMAND failed: PATH: STRERROR; what to do`` on one line."""
+    path = err.filename if err.filename2 is None else f"{err.filename} -> {err.filename2}"
+    parts = [f"cnnlab {command} failed", *([str(path)] if err.filename is not None else []),
+             err.strerror or str(err) or type(err).__name__]
+    fix = _OS_FIXES.get(err.errno) if err.errno is not None else None
+    return ": ".join(parts).replace("\n", " ") + (f"; {fix}" if fix else "")
 
 
 def _reader_left(stream: Any) -> bool:

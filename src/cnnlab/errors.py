@@ -22,3 +22,7 @@ class ModelError(CnnlabError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain
         return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(CnnlabError, ValueError):
+    """A training setting that is unknown, out of range or in conflict with another."""

@@ -13,8 +13,9 @@ def test_defaults_follow_the_brief():
     c = TrainConfig()
     assert (c.batch_size, c.lr, c.momentum, c.weight_decay) == (64, 0.01, 0.9, 5e-4)
     assert (c.lr_step, c.lr_gamma, c.seed, c.kernel, c.num_workers) == (0, 0.1, 0, "native", 0)
-    assert c.out == "runs/lenet5-digits"
+    assert c.out is None and c.default_out() == "runs/lenet5-digits"
     assert TrainConfig(model="vgg16", data="mnist", out="x").out == "x"
+    assert TrainConfig(model="vgg16", data="mnist").default_out() == "runs/vgg16-mnist"
 
 
 def test_round_trip_through_json():
@@ -77,7 +78,7 @@ def test_new_defaults_change_nothing():
     ("augment", "", "'auto', 'none' or a comma list"),
     ("augment", None, "'auto', 'none' or a comma list"),
     ("nesterov", 1, "True or False"),
-    ("schedule", "linear", "one of 'step', 'constant', 'cosine', 'onecycle', 'plateau'"),
+    ("schedule", "linear", "'step', 'constant', 'cosine', 'onecycle' or 'plateau'"),
     ("warmup_epochs", -1, "a number of epochs >= 0"),
     ("patience", 0, "a positive int"),
     ("label_smoothing", 1.0, r"a number in \[0, 1\)"),
@@ -140,3 +141,67 @@ def test_new_fields_round_trip_through_json():
                     compile=True, checkpoint_every=100, patience=2)
     assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
     assert isinstance(c.clip_grad_norm, float)
+
+
+@pytest.mark.parametrize("field,value,near", [
+    ("schedule", "cosin", "cosine"),
+    ("kernel", "referense", "reference"),
+    ("amp", "bf61", "bf16"),
+    ("data", "digts", "digits"),
+    ("data", "cifar", "cifar10"),
+    ("data", "foldr", "folder"),
+])
+def test_a_value_not_among_the_choices_gets_a_near_match(field, value, near):
+    with pytest.raises(CnnlabError) as err:
+        TrainConfig(**{field: value})
+    assert str(err.value).startswith(f"{field} must be ")
+    assert f"got {field}={value!r} (did you mean {near!r}?)" in str(err.value)
+
+
+def test_the_data_choices_are_the_registrys():
+    from cnnlab import data
+    from cnnlab.data.datasets import FOLDER
+    from cnnlab.train.config import SETTINGS
+
+    assert SETTINGS["data"].choices == (*data.names(), FOLDER)
+    for name in SETTINGS["data"].choices:
+        assert TrainConfig(data=name).data == name
+    with pytest.raises(CnnlabError, match=re.escape(
+            "data must be 'cifar10', 'cifar100', 'digits', 'fashion-mnist', 'mnist' or 'folder', "
+            "got data='svhn' (--data)")):
+        TrainConfig(data="svhn")
+
+
+def test_errors_name_where_the_value_came_from():
+    from cnnlab.train.config import COMMAND_LINE
+
+    def message(values, **kw):
+        with pytest.raises(CnnlabError) as err:
+            TrainConfig.from_dict(values, **kw)
+        assert "\n" not in str(err.value)
+        return str(err.value)
+
+    assert message({"epochs": 0}, source="runs/x/config.json").endswith(
+        "got epochs=0 (in runs/x/config.json)")
+    assert message({"epochs": 0}, source=COMMAND_LINE).endswith(
+        "got epochs=0 (command line: --epochs)")
+    assert message({"epochs": 0}).endswith("got epochs=0 (--epochs)")       # not known
+    assert message({"epoch": 3}, source="runs/x/config.json").endswith(
+        "(in runs/x/config.json)")
+    # per key: the file's value is the bad one, the command line's is fine
+    assert message({"epochs": 2, "lr": -1.0},
+                   source={"epochs": COMMAND_LINE, "lr": "runs/x/config.json"}).endswith(
+        "got lr=-1.0 (in runs/x/config.json)")
+    # a conflict names both places
+    assert message({"schedule": "cosine", "lr_step": 2},
+                   source={"schedule": COMMAND_LINE, "lr_step": "runs/x/config.json"}).endswith(
+        "(in runs/x/config.json; command line: --schedule)")
+
+
+def test_a_recipes_values_are_named_as_the_recipes():
+    # lenet5_modern's recipe gives epochs=20
+    with pytest.raises(CnnlabError, match=re.escape(
+            "warmup_epochs=20.0 must be less than epochs=20; lower --warmup-epochs "
+            "(command line: --warmup-epochs; recipe of model lenet5_modern)")):
+        TrainConfig.for_model({"model": "lenet5_modern", "warmup_epochs": 20},
+                              source="command line")

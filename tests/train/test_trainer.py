@@ -207,7 +207,7 @@ def test_interrupted_metrics_write_keeps_the_old_file(tmp_path, monkeypatch):
 
 
 def test_the_folder_is_made_only_when_training_starts(tmp_path):
-    with pytest.raises(CnnlabError, match="unknown data set 'digts'"):
+    with pytest.raises(CnnlabError, match=r"got data='digts' \(did you mean 'digits'\?\)"):
         train(config(tmp_path, data="digts"), tiny(), progress=False)
     assert not (tmp_path / "run").exists()
 

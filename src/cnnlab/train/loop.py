@@ -426,7 +426,7 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, progress: bool
     start = time.perf_counter()
     ctx = distributed.context_from_env()                # torchrun's RANK and WORLD_SIZE
     # refuses before any slow work
-    run = RunFolder(config.out or "", overwrite, resume, writer=ctx.is_main)
+    run = RunFolder(config.out or config.default_out(), overwrite, resume, writer=ctx.is_main)
     state = checkpoint.load(run.path / CHECKPOINT) if resume else None
     if state is not None:
         checkpoint.check_resume(TrainConfig.from_dict(state["config"]), config,
