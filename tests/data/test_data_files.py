@@ -72,6 +72,16 @@ def test_a_data_dir_that_is_a_file_says_so(tmp_path, monkeypatch, source):
             call()
 
 
+def test_a_cache_that_is_a_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("CNNLAB_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    (tmp_path / "cnnlab").write_bytes(b"")
+    with pytest.raises(DataError, match=rf"^data directory '{tmp_path}/cnnlab' \(from the "
+                                        r"per-user cache\) is a file, not a folder; move it "
+                                        r"away, or pass --data-dir \(or set CNNLAB_DATA\)"):
+        load("mnist", "test")
+
+
 def test_a_data_dir_that_is_not_a_path(tmp_path):
     with pytest.raises(DataError, match=r"^data_dir must be a folder path, got 123 \("):
         load("mnist", "test", data_dir=123)

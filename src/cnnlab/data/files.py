@@ -98,6 +98,9 @@ def check_data_dir(root: Path, source: str, name: str, must_exist: bool) -> None
                             "fetch it there")
         return
     if found != "dir":
+        if source == "cache":
+            raise DataError(f"{what} is a file, not a folder; move it away, or pass --data-dir "
+                            "(or set CNNLAB_DATA) to the folder that holds the data set")
         flag = f"{ENV_VAR}={root.parent}" if source == ENV_VAR else f"--data-dir {root.parent}"
         raise DataError(f"{what} is a file, not a folder; pass the folder that holds the data "
                         f"set's files, e.g. {flag}")
