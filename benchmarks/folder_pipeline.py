@@ -34,7 +34,7 @@ from PIL import Image
 
 from cnnlab.data import ImageDataset, load, load_folder
 from cnnlab.train import TrainConfig, train
-from cnnlab.train.loop import data_workers
+from cnnlab.train.batches import data_workers
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

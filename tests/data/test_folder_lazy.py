@@ -8,7 +8,7 @@ from PIL import Image
 from cnnlab.data import folder, load, load_folder
 from cnnlab.errors import DataError
 from cnnlab.train import TrainConfig, train
-from cnnlab.train.loop import Batches, data_workers
+from cnnlab.train.batches import Batches, data_workers
 
 
 def write_folder(root, n=12, size=(10, 8)):

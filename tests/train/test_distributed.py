@@ -68,16 +68,16 @@ TRAIN = ["train", "lenet5", "--epochs", "2", "--batch-size", "64", "--lr", "0.01
 CRASH_AFTER_STEP_10 = """
 import sys
 from cnnlab import cli
-from cnnlab.train import loop
+from cnnlab.train import state
 
-save = loop._Run.save
+save = state.RunState.save
 
 def save_then_crash(self, epoch, t, *args, **kwargs):
     save(self, epoch, t, *args, **kwargs)
     if epoch == 1 and t.step == 10:
         raise SystemExit(3)
 
-loop._Run.save = save_then_crash
+state.RunState.save = save_then_crash
 sys.exit(cli.main(sys.argv[1:]))
 """
 

@@ -11,6 +11,7 @@ from cnnlab.data import ImageDataset, load
 from cnnlab.errors import CnnlabError
 from cnnlab.train import Schedule, TrainConfig, train
 from cnnlab.train import loop as loop_mod
+from cnnlab.train import tasks as tasks_mod
 
 
 class Tiny(nn.Module):
@@ -186,7 +187,7 @@ def test_label_smoothing_is_cross_entropys(tmp_path, digits, monkeypatch):
                            real(out, target).item()))
         return value
 
-    monkeypatch.setattr(loop_mod.F, "cross_entropy", spy)
+    monkeypatch.setattr(tasks_mod.F, "cross_entropy", spy)
     train(config(tmp_path, epochs=1, label_smoothing=0.2), tiny(), progress=False,
           datasets=digits)
     assert len(losses) == 5

@@ -161,7 +161,7 @@ def test_the_checkpoint_is_one_safetensors_file_with_json_state(tmp_path, digits
     assert (state["epoch"], state["step"], state["global_step"]) == (1, 3, 3)
     assert state["config"] == config(tmp_path).to_dict() and state["records"] == []
     assert {"model.conv.weight", "model.fc.bias", "rng.torch", "rng.shuffle", "rng.augment",
-            "totals.loss_sum", "optimizer.state.0.momentum_buffer"} <= names
+            "totals.sums.loss", "optimizer.state.0.momentum_buffer"} <= names
     assert state["optimizer"]["param_groups"][0]["nesterov"] is True
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [CHECKPOINT, "config.json",
                                                                   "tensorboard"]

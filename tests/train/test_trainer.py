@@ -163,9 +163,17 @@ def test_the_models_own_loss_is_used(tmp_path, digits):
             return F.multi_margin_loss(output, target)
 
     torch.manual_seed(0)
-    train(config(tmp_path, epochs=1, batch_size=64), WithLoss(), progress=False,
-          datasets=digits)
-    assert WithLoss.calls == 320 // 64 + 1                   # 5 steps + 1 evaluation batch
+    model = WithLoss()
+    result = train(config(tmp_path, epochs=1, batch_size=64), model, progress=False,
+                   datasets=digits)
+    assert WithLoss.calls == 320 // 64                       # every one of the 5 steps
+    # evaluation scores probabilities (one evaluator for runs and ensembles): without a
+    # log_proba of its own, the test loss is the NLL of the scores' softmax
+    train_ds, test = digits                          # normalised with the training set's
+    with torch.no_grad():
+        scores = model((test.images - train_ds.mean[0]) / train_ds.std[0])
+    nll = F.cross_entropy(scores, test.labels).item()
+    assert result["test_loss"] == pytest.approx(nll, rel=1e-5)
 
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])

@@ -7,19 +7,12 @@ checkpoints that resume a killed run to the bit.
 >>> train(resume_config("runs/killed"), resume=True)                             # doctest: +SKIP
 """
 
+from cnnlab.train.batches import Batches
 from cnnlab.train.checkpoint import resume_config
 from cnnlab.train.config import TrainConfig
-from cnnlab.train.loop import (
-    Batches,
-    EpochTotals,
-    StepRecipe,
-    evaluate,
-    evaluate_run,
-    loss_function,
-    resolve_device,
-    train,
-    train_one_epoch,
-)
+from cnnlab.train.ensemble import evaluate_ensemble, evaluate_run
+from cnnlab.train.evaluation import evaluate
+from cnnlab.train.loop import resolve_device, train, train_one_epoch
 from cnnlab.train.metrics import time_to_accuracy, topk_correct
 from cnnlab.train.optim import Schedule
 from cnnlab.train.run import (
@@ -31,10 +24,12 @@ from cnnlab.train.run import (
     load_run,
     read_metadata,
 )
+from cnnlab.train.state import EpochTotals, StepRecipe
+from cnnlab.train.tasks import Classification, Task
 
 __all__ = [
-    "CHECKPOINT", "CONFIG", "METRICS", "WEIGHTS", "Batches", "EpochTotals", "RunFolder",
-    "Schedule", "StepRecipe", "TrainConfig", "evaluate", "evaluate_run", "load_run",
-    "loss_function", "read_metadata", "resolve_device", "resume_config", "time_to_accuracy",
-    "topk_correct", "train", "train_one_epoch",
+    "CHECKPOINT", "CONFIG", "METRICS", "WEIGHTS", "Batches", "Classification", "EpochTotals",
+    "RunFolder", "Schedule", "StepRecipe", "Task", "TrainConfig", "evaluate",
+    "evaluate_ensemble", "evaluate_run", "load_run", "read_metadata", "resolve_device",
+    "resume_config", "time_to_accuracy", "topk_correct", "train", "train_one_epoch",
 ]

@@ -26,24 +26,25 @@ Test-time views (``tta``):
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from cnnlab.data import ImageDataset, flip_average, multi_crop
+from cnnlab.data import ImageDataset, ten_crops
 from cnnlab.errors import CnnlabError
 from cnnlab.train._runs import RunInfo, run_data, run_info
-from cnnlab.train.loop import Batches, normalizer, resolve_device
-from cnnlab.train.metrics import topk_correct
-from cnnlab.train.run import device_of, load_run
+from cnnlab.train.batches import to_device
+from cnnlab.train.evaluation import Member, Views, evaluate_members
+from cnnlab.train.loop import resolve_device
+from cnnlab.train.run import load_run
+from cnnlab.train.tasks import Classification, Task
 
 TTA = ("none", "flip", "crops")
-Views = Literal["none", "flip", "crops"]
+Tta = Literal["none", "flip", "crops"]
 
 
 def default_crop_padding(height: int) -> int:
@@ -51,95 +52,99 @@ def default_crop_padding(height: int) -> int:
     return max(1, round(height / 8))
 
 
+def test_views(tta: str, image_shape: Sequence[int], crop_padding: int | None = None) -> Views:
+    """The test-time views ``tta`` of batches of images of ``image_shape`` (C, H, W), each a
+    batch of that shape (see the module's notes)."""
+    _check_tta(tta)
+    h, w = image_shape[1:]
+    pad = default_crop_padding(h) if crop_padding is None else crop_padding
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 1:
+        raise CnnlabError(f"crop_padding must be a positive int, got {crop_padding!r}")
+    if tta == "flip":
+        return lambda x: [x, x.flip(-1)]
+    if tta == "crops":
+        # zero (black) padding in [0, 1], before normalisation, as RandomCrop pads
+        return lambda x: ten_crops(F.pad(x, (pad, pad, pad, pad)), (h, w))
+    return lambda x: [x]
+
+
 @torch.no_grad()
-def predict_proba(model: nn.Module, dataset: ImageDataset, *, tta: Views = "none",
+def predict_proba(model: nn.Module, dataset: ImageDataset, *, tta: Tta = "none",
                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                   batch_size: int = 500, crop_padding: int | None = None,
                   progress: bool = False, desc: str = "predict") -> torch.Tensor:
-    """Softmax outputs (N, classes) of ``model`` on ``dataset``, averaged over the test-time
-    views ``tta`` (see the module's notes), on the CPU.
+    """Class probabilities (N, classes) of ``model`` on ``dataset``, averaged over the
+    test-time views ``tta`` (see the module's notes), on the CPU.
 
     Inputs are normalised with ``mean``/``std`` (default: the data set's), in eval mode.
     """
-    _check_tta(tta)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise CnnlabError(f"batch_size must be a positive int, got {batch_size!r}")
-    if len(dataset) == 0:
-        raise CnnlabError(f"no images to predict ({dataset!r})")
-    h, w = dataset.image_shape[1:]
-    pad = default_crop_padding(h) if crop_padding is None else crop_padding
-    if not isinstance(pad, int) or pad < 1:
-        raise CnnlabError(f"crop_padding must be a positive int, got {crop_padding!r}")
-    device = device_of(model)
-    normalize = normalizer(dataset.mean if mean is None else mean,
-                           dataset.std if std is None else std, device)
-
-    def net(x: torch.Tensor) -> torch.Tensor:            # [0, 1] images -> scores
-        return model(normalize(x))
-
-    views: Callable[[torch.Tensor], torch.Tensor] = {
-        "none": lambda x: F.softmax(net(x), dim=-1),
-        "flip": lambda x: flip_average(net, x),
-        # zero (black) padding in [0, 1], before normalisation, as RandomCrop pads
-        "crops": lambda x: multi_crop(net, F.pad(x, (pad, pad, pad, pad)), (h, w)),
-    }[tta]
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        for x, _ in tqdm(Batches(dataset, batch_size, device), desc=desc, unit="batch",
-                         leave=False, dynamic_ncols=True, disable=None if progress else True):
-            out.append(views(x).float().cpu())                       # N x classes
-    finally:
-        model.train(was_training)
-    return torch.cat(out)
+    views = test_views(tta, dataset.image_shape, crop_padding)
+    member = Member(model, Classification(model, dataset.num_classes),
+                    dataset.mean if mean is None else mean, dataset.std if std is None else std)
+    result = evaluate_members([member], dataset, batch_size, views=views, progress=progress,
+                              desc=desc, keep=True)
+    return result.predictions[0].exp()
 
 
 def scores(proba: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """top1, top5, error and loss (mean negative log of the target's probability) of softmax
-    outputs (N, classes), and the count n."""
-    labels = labels.to(proba.device)
-    top1, top5 = (int(c) for c in topk_correct(proba, labels, (1, 5)))
-    target = proba.gather(1, labels.view(-1, 1)).squeeze(1)
-    loss = -target.clamp_min(torch.finfo(proba.dtype).tiny).log().mean()
-    n = len(labels)
-    return {"loss": float(loss), "top1": top1 / n, "top5": top5 / n, "error": 1 - top1 / n,
-            "n": n}
+    """The headline figures (top1, top5, error, loss: the mean negative log of the target's
+    probability) of class probabilities (N, classes), and the count n."""
+    task = Classification(num_classes=proba.shape[1])
+    log_p = proba.clamp_min(torch.finfo(proba.dtype).tiny).log()
+    return _headline(task, task.figures(task.eval_sums(log_p, to_device(labels, proba.device)),
+                                        len(labels)), len(labels))
+
+
+def _headline(task: Task, figures: dict[str, Any], n: int) -> dict[str, Any]:
+    return {**{k: figures[k] for k in task.headline}, "n": n}
 
 
 def evaluate_ensemble(run_dirs: Sequence[str | os.PathLike[str]], data: str | None = None,
                       data_dir: str | None = None, split: str = "test", batch_size: int = 500,
-                      tta: Views = "none", *, crop_padding: int | None = None,
+                      tta: Tta = "none", *, crop_padding: int | None = None,
                       progress: bool = False) -> dict[str, Any]:
-    """Evaluate trained runs alone and as an ensemble that averages their softmax outputs
-    (8.4.1), each output itself averaged over the test-time views ``tta``.
+    """Evaluate trained runs alone and as an ensemble that averages their class
+    probabilities (8.4.1), each itself averaged over the test-time views ``tta``.
 
     The runs must tell the same classes apart at the same input size; each member sees the
     images normalised as it was trained. ``data`` defaults to the members' own data set (which
     must then be the same one). Returns (JSON-ready) ``data``, ``split``, ``tta``, ``n``,
     ``members`` (one dict per run: ``run``, ``model``, ``top1``, ``top5``, ``error``,
-    ``loss``, ``n``) and ``ensemble`` (the same scores, and ``members``: how many). ``loss``
-    is the mean negative log-probability of the right class.
+    ``loss``, ``n``) and ``ensemble`` (the same figures, and ``members``: how many). ``loss``
+    is the mean negative log-probability of the right class. One run is an ensemble of one:
+    its row is what :func:`evaluate_run` reports.
     """
     _check_tta(tta)
     runs = _member_infos(run_dirs, same_data=data is None)
     first = runs[0]
     ds = run_data(first, data, data_dir, split)
+    views = test_views(tta, ds.image_shape, crop_padding)
     device = resolve_device("auto")
-    total = torch.zeros(len(ds), len(first.classes))
     members = []
     for run in runs:
         model, _ = load_run(run.path)
-        model.to(device)
-        proba = predict_proba(model, ds, tta=tta, mean=run.mean, std=run.std,
-                              batch_size=batch_size, crop_padding=crop_padding,
-                              progress=progress, desc=run.path.name)
-        del model
-        total += proba
-        members.append({"run": str(run.path), "model": run.model, **scores(proba, ds.labels)})
-    ensemble = scores(total / len(runs), ds.labels)
-    return {"data": ds.name, "split": split, "tta": tta, "n": len(ds), "members": members,
-            "ensemble": {"members": len(runs), **ensemble}}
+        members.append(Member(model.to(device), Classification(model, len(run.classes),
+                                                               classes=run.classes),
+                              run.mean, run.std))
+    result = evaluate_members(members, ds, batch_size, views=views, progress=progress,
+                              desc="evaluate " + ", ".join(r.path.name for r in runs))
+    task = members[0].task
+    rows = [{"run": str(run.path), "model": run.model, **_headline(task, row, result.n)}
+            for run, row in zip(runs, result.members, strict=True)]
+    return {"data": ds.name, "split": split, "tta": tta, "n": result.n, "members": rows,
+            "ensemble": {"members": len(runs), **_headline(task, result.ensemble, result.n)}}
+
+
+def evaluate_run(run_dir: str | os.PathLike[str], data: str | None = None,
+                 data_dir: str | None = None, split: str = "test", batch_size: int = 500
+                 ) -> dict[str, Any]:
+    """Evaluate a saved run on a data set (default: the one it was trained on): its row of
+    :func:`evaluate_ensemble` as an ensemble of one, with ``data`` and ``split``.
+
+    Images are sized and normalised as in training (the run's input shape, mean and std).
+    """
+    result = evaluate_ensemble([run_dir], data, data_dir, split, batch_size)
+    return {**result["members"][0], "data": result["data"], "split": split}
 
 
 def _check_tta(tta: str) -> None:

@@ -1,0 +1,197 @@
+"""What a training task is: a batch's target, its loss, the predictions that evaluation
+scores and ensembles combine, and the figures that measure them.
+
+The loop (:mod:`cnnlab.train.loop`) owns everything else -- steps, checkpoints and
+resumption to the bit, torchrun, mixed precision, TensorBoard, plots -- so a new task
+(reconstruction, boxes, sentences, clips) is a small subclass of :class:`Task`, never a
+second loop. A task's figures are additive sums over examples (so a checkpoint can hold them
+mid-epoch and torchrun can add them over processes) turned into means at the end.
+
+Adding a task: regress each image's mean brightness, a target the data set carries (an
+:class:`~cnnlab.data.ImageDataset` holds any per-example target tensor in ``labels``):
+
+>>> import torch
+>>> from torch import nn
+>>> from cnnlab.data import load
+>>> from cnnlab.train import TrainConfig, train
+>>> from cnnlab.train.tasks import Task
+>>> class Brightness(Task):
+...     name = "brightness"
+...     def loss(self, output, target):                    # the training objective
+...         return nn.functional.mse_loss(output.squeeze(1), target)
+...     def eval_sums(self, prediction, target):           # sums over a test batch
+...         error = prediction.squeeze(1) - target
+...         return {"loss": error.pow(2).sum(), "abs_error": error.abs().sum()}
+>>> def bright(split):
+...     ds = load("digits", split, size=8)
+...     ds.labels, ds.classes = ds.images.mean(dim=(1, 2, 3)), ()
+...     return ds
+>>> net = nn.Sequential(nn.Flatten(), nn.Linear(64, 1))
+>>> config = TrainConfig("lenet5", epochs=2, lr=0.1, out="/tmp/cnnlab-doc-brightness",
+...                      tensorboard=False, plots=False)
+>>> result = train(config, net, task=Brightness(), datasets=(bright("train"), bright("test")),
+...                progress=False, overwrite=True)
+>>> result["test_abs_error"] < 0.05
+True
+
+Where the code goes: a task used by one application lives beside it (``cnnlab.apps``,
+``cnnlab.visualize``); one the trainer offers by name is registered in :data:`TASKS`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.train.metrics import confusion_matrix, per_class_accuracy
+
+Sums = dict[str, torch.Tensor]
+
+
+class Task:
+    """The part of training that depends on what is learned.
+
+    A subclass sets ``name`` and implements :meth:`loss` and :meth:`eval_sums`; the other
+    methods have defaults that suit a task whose figures are means over examples.
+    """
+
+    name: ClassVar[str] = "task"
+    # the test figure the plateau schedule watches and the run's one-line summary shows;
+    # lower is better
+    monitor: ClassVar[str] = "loss"
+    # the figures a report shows (a column each in `cnnlab eval`'s table)
+    headline: ClassVar[tuple[str, ...]] = ("loss",)
+
+    def loss(self, output: Any, target: Any) -> torch.Tensor:
+        """The training objective on a batch: a 0-d tensor, the mean over its examples."""
+        raise NotImplementedError
+
+    def train_sums(self, output: Any, target: Any) -> Sums:
+        """Sums over a training batch besides the loss's (which the loop keeps), e.g. the
+        correct predictions; 0-d tensors on the device (no sync)."""
+        return {}
+
+    def predict(self, output: Any) -> torch.Tensor:
+        """What evaluation scores, test-time views and ensembles combine (default: the
+        output itself)."""
+        return output if isinstance(output, torch.Tensor) else output[0]
+
+    def combine(self, predictions: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One prediction from several (test-time views, ensemble members): the mean."""
+        return torch.stack(list(predictions)).mean(dim=0)
+
+    def eval_sums(self, prediction: torch.Tensor, target: Any) -> Sums:
+        """Additive sums over a test batch; ``"loss"`` is the sum of the per-example loss."""
+        raise NotImplementedError
+
+    def figures(self, sums: Mapping[str, torch.Tensor], n: int) -> dict[str, Any]:
+        """The figures of a pass from its sums over ``n`` examples (default: each sum's
+        mean)."""
+        return {k: float(v) / max(n, 1) for k, v in sums.items() if v.dim() == 0}
+
+    def summary(self, figures: Mapping[str, Any]) -> str:
+        """One line that says how good the figures are, for the end of a run."""
+        return f"test {self.monitor} {figures[self.monitor]:.4g}"
+
+    def write_outputs(self, folder: Path, sums: Mapping[str, torch.Tensor],
+                      records: Sequence[Mapping[str, Any]], plots: bool) -> None:
+        """Write what the run folder shows besides metrics.jsonl (default: nothing)."""
+
+
+class Classification(Task):
+    """Class scores, cross-entropy (or the model's own ``loss``, LeNet-5's RBF criterion),
+    top-1/top-5 accuracy, the confusion matrix.
+
+    Predictions are log-probabilities: the model's ``log_proba(scores)`` where it has one
+    (LeNet-5's RBF outputs), else ``log_softmax``; evaluation's loss is the mean negative
+    log-probability of the right class, which equals the training criterion on test data.
+    Views and ensemble members are combined by averaging probabilities (8.4.1).
+    """
+
+    name = "classification"
+    monitor = "error"
+    headline = ("top1", "top5", "error", "loss")
+
+    def __init__(self, model: nn.Module | None = None, num_classes: int | None = None,
+                 label_smoothing: float = 0.0, classes: Sequence[str] = ()) -> None:
+        own = getattr(model, "loss", None)
+        if label_smoothing and callable(own):
+            raise CnnlabError(f"label_smoothing={label_smoothing} applies to cross-entropy, "
+                              f"but {type(model).__name__} trains with its own loss "
+                              "(model.loss); drop --label-smoothing")
+        self._loss = own if callable(own) else None
+        self._log_proba = getattr(model, "log_proba", None)
+        self.label_smoothing = label_smoothing
+        outputs = getattr(model, "num_classes", None)
+        self.num_classes = max(int(outputs or 0), int(num_classes or 0)) or None
+        self.classes = tuple(classes)
+
+    def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
+        if self._loss is not None:          # e.g. GoogLeNet's, with its auxiliary heads
+            loss: torch.Tensor = self._loss(output, target)
+            return loss
+        return F.cross_entropy(output, target, label_smoothing=self.label_smoothing)
+
+    def train_sums(self, output: Any, target: torch.Tensor) -> Sums:
+        scores = output if isinstance(output, torch.Tensor) else output[0]
+        return {"top1": scores.detach().argmax(dim=1).eq(target).sum()}
+
+    def predict(self, output: Any) -> torch.Tensor:
+        scores = super().predict(output).float()                       # N x classes
+        if self._log_proba is not None:
+            log_p: torch.Tensor = self._log_proba(scores)
+            return log_p
+        return F.log_softmax(scores, dim=1)
+
+    def combine(self, predictions: Sequence[torch.Tensor]) -> torch.Tensor:
+        if len(predictions) == 1:
+            return predictions[0]
+        # the mean of the probabilities, in log space: log(mean_i exp(l_i))
+        stacked = torch.stack(list(predictions))
+        return torch.logsumexp(stacked, dim=0) - math.log(len(predictions))
+
+    def eval_sums(self, prediction: torch.Tensor, target: torch.Tensor) -> Sums:
+        c = max(prediction.shape[1], self.num_classes or 0)
+        k = min(5, prediction.shape[1])
+        top = prediction.topk(k, dim=1).indices                       # N x k
+        hit = top.eq(target.view(-1, 1))
+        return {"loss": -prediction.gather(1, target.view(-1, 1)).sum(),
+                "top1": hit[:, 0].sum(), "top5": hit.any(dim=1).sum(),
+                "confusion": confusion_matrix(top[:, 0], target, c)}
+
+    def figures(self, sums: Mapping[str, torch.Tensor], n: int) -> dict[str, Any]:
+        out = super().figures(sums, n)
+        if "top5" in out:
+            out["error"], out["top5_error"] = 1.0 - out["top1"], 1.0 - out["top5"]
+        if "confusion" in sums:
+            out["per_class_top1"] = [None if math.isnan(v) else v for v in
+                                     per_class_accuracy(sums["confusion"].cpu()).tolist()]
+        return out
+
+    def summary(self, figures: Mapping[str, Any]) -> str:
+        return (f"test accuracy {100 * figures['top1']:.2f}% "
+                f"(error {100 * figures['error']:.2f}%)")
+
+    def write_outputs(self, folder: Path, sums: Mapping[str, torch.Tensor],
+                      records: Sequence[Mapping[str, Any]], plots: bool) -> None:
+        """The last evaluation's confusion matrix (JSON) and, with ``plots``, the PNG plots."""
+        from cnnlab.train.metrics import write_confusion
+
+        matrix = sums["confusion"].cpu()
+        names = list(self.classes) if len(self.classes) == matrix.shape[0] else None
+        write_confusion(folder, matrix, names)
+        if plots:
+            from cnnlab.train.plots import write_plots
+
+            write_plots(folder, list(records), matrix, names)
+
+
+# the tasks `TrainConfig.task` names (a task of one application is passed as an object)
+TASKS: dict[str, type[Task]] = {"classification": Classification}
