@@ -98,12 +98,14 @@ def test_train_then_eval_on_the_embedded_digits(tmp_path, capsys):
     assert (out_dir / "model.safetensors").read_bytes() == before
 
 
-def test_help_for_every_command():
-    for command in ([], ["models"], ["summary"], ["train"], ["eval"], ["features"], ["plot"],
-                    ["download"]):
-        proc = subprocess.run([sys.executable, "-m", "cnnlab", *command, "--help"],
-                              capture_output=True, text=True, timeout=60, check=False)
-        assert proc.returncode == 0 and "usage: cnnlab" in proc.stdout
+def test_help_for_every_command(capsys):
+    proc = subprocess.run([sys.executable, "-m", "cnnlab", "--help"], capture_output=True,
+                          text=True, timeout=60, check=False)       # the entry point itself
+    assert proc.returncode == 0 and "usage: cnnlab" in proc.stdout
+    for command in ("models", "summary", "train", "eval", "features", "plot", "download"):
+        with pytest.raises(SystemExit) as stop:                      # each in this process:
+            main([command, "--help"])                                # one import of torch
+        assert stop.value.code == 0 and f"usage: cnnlab {command}" in capsys.readouterr().out
 
 
 def test_an_option_value_that_starts_with_a_dash_reaches_the_option():
