@@ -27,12 +27,17 @@ from cnnlab.errors import DataError, ShapeError
 if TYPE_CHECKING:
     from cnnlab.data.folder import LazyImages
 
+Targets = torch.Tensor | list[torch.Tensor]   # per example: a tensor row, or a list item
 SPLITS = ("train", "test")
 FOLDER = "folder"   # load(FOLDER, split, data_dir=ROOT): an image folder, not a registry entry
 
 
 class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Images (N, C, H, W) float32 in [0, 1] and labels (N,) int64, held as tensors.
+    """Images (N, C, H, W) float32 in [0, 1] and their targets, held as tensors.
+
+    ``labels`` are the targets: class ids (N,) int64 for classification, any (N, ...) tensor
+    (a number, an image), or a list of N tensors of their own lengths (boxes, a sentence),
+    which batches keep as lists.
 
     Index it like any ``Dataset`` (``image, label = ds[i]``), or slice ``ds.images`` and
     ``ds.labels`` directly for speed. ``mean``/``std`` are the training split's per-channel
@@ -42,12 +47,14 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     (``lazy`` is True): indexing it reads the images from disk.
     """
 
-    def __init__(self, images: torch.Tensor | LazyImages, labels: torch.Tensor, *, name: str,
+    def __init__(self, images: torch.Tensor | LazyImages, labels: Targets, *, name: str,
                  split: str, classes: Sequence[str], mean: Sequence[float],
                  std: Sequence[float]) -> None:
-        if images.dim() != 4 or labels.shape != images.shape[:1]:
-            raise ShapeError(f"ImageDataset needs images (N, C, H, W) and labels (N,), got "
-                             f"{tuple(images.shape)} and {tuple(labels.shape)}")
+        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else (len(labels),)
+        if images.dim() != 4 or shape[:1] != tuple(images.shape[:1]):
+            raise ShapeError(f"ImageDataset needs images (N, C, H, W) and N targets (labels "
+                             f"(N,), a tensor (N, ...) or a list of N tensors), got "
+                             f"{tuple(images.shape)} and {shape}")
         if len(mean) != images.shape[1] or len(std) != images.shape[1]:
             raise ShapeError(f"ImageDataset: mean/std need one value per channel "
                              f"({images.shape[1]}), got {len(mean)} and {len(std)}")
@@ -76,17 +83,17 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return int(c), int(h), int(w)
 
     def __len__(self) -> int:
-        return int(self.labels.shape[0])
+        return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[index], self.labels[index]
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, Targets]:
         """A whole batch (images (n, C, H, W), labels (n,)) in one indexing: what a
         DataLoader worker calls with a batch sampler (pair it with ``collate_fn=batch_collate``,
         which keeps the batch as it is)."""
         index = torch.as_tensor(indices, dtype=torch.long)
-        return self.images[index], self.labels[index]
+        return self.images[index], take_targets(self.labels, index)
 
     def subset(self, index: torch.Tensor | Sequence[int] | slice) -> ImageDataset:
         """A dataset of the chosen examples (indices, a boolean mask or a slice)."""
@@ -98,7 +105,8 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
                 chosen = self.images[index]
             else:                                     # a lazy folder: still on disk
                 chosen = self.images.select(index)
-            labels = self.labels[index]
+            labels = take_targets(self.labels, torch.arange(len(self))[index]
+                                  if isinstance(self.labels, list) else index)
         except (IndexError, TypeError, ValueError, RuntimeError) as err:
             raise DataError(f"subset: cannot select those examples of {len(self)} "
                             f"({str(err).splitlines()[0]}); pass indices in 0..{len(self) - 1}, "
@@ -116,6 +124,15 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         c, h, w = self.image_shape
         return (f"ImageDataset({self.name!r}, split={self.split!r}, n={len(self)}, "
                 f"shape={c}x{h}x{w}, classes={self.num_classes})")
+
+
+def take_targets(targets: Targets, index: torch.Tensor | slice) -> Targets:
+    """The targets of the examples ``index``: a tensor's rows, or a list's items."""
+    if isinstance(targets, torch.Tensor):
+        return targets[index.to(targets.device) if isinstance(index, torch.Tensor) else index]
+    if isinstance(index, slice):
+        return targets[index]
+    return [targets[i] for i in index.tolist()]
 
 
 def batch_collate(batch: Any) -> Any:

@@ -20,11 +20,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cnnlab.data import ImageDataset
+from cnnlab.data.datasets import Targets, take_targets
 from cnnlab.errors import CnnlabError
 from cnnlab.train.distributed import Context
 
 Normalize = Callable[[torch.Tensor], torch.Tensor]
-Target = torch.Tensor | list[torch.Tensor]
 
 PREFETCH = 4                      # batches each DataLoader worker prepares ahead
 
@@ -41,18 +41,11 @@ def normalizer(mean: Sequence[float], std: Sequence[float], device: torch.device
     return normalize
 
 
-def to_device(target: Target, device: torch.device, non_blocking: bool = False) -> Target:
+def to_device(target: Targets, device: torch.device, non_blocking: bool = False) -> Targets:
     """A batch's targets on ``device``: a tensor, or each tensor of a list."""
     if isinstance(target, torch.Tensor):
         return target.to(device, non_blocking=non_blocking)
     return [t.to(device, non_blocking=non_blocking) for t in target]
-
-
-def take(targets: Target, index: torch.Tensor) -> Target:
-    """The targets of the examples ``index`` (a tensor of indices on any device)."""
-    if isinstance(targets, torch.Tensor):
-        return targets[index.to(targets.device)]
-    return [targets[i] for i in index.tolist()]
 
 
 def data_workers(dataset: ImageDataset, num_workers: int = 0,
@@ -98,10 +91,10 @@ class Batches:
         n, last = divmod(len(self.dataset), self.batch_size)
         return n + (last > 0 and last >= self.context.world_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, Target]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Targets]]:
         return self.iterate()
 
-    def iterate(self, start: int = 0) -> Iterator[tuple[torch.Tensor, Target]]:
+    def iterate(self, start: int = 0) -> Iterator[tuple[torch.Tensor, Targets]]:
         """A new pass, from its batch ``start`` on (a resumed pass skips the batches done,
         after drawing the same order from the same ``epoch_state``)."""
         n = len(self.dataset)
@@ -121,7 +114,7 @@ class Batches:
             for size, idx in zip(self._sizes, chunks, strict=True):
                 idx = idx.to(self.device)
                 self.global_size = size
-                yield self.images[idx], take(self.targets, idx)
+                yield self.images[idx], take_targets(self.targets, idx)
             return
         self._sampler.batches = [c.tolist() for c in chunks]
         if self._loader is None:               # one loader: its workers live across passes

@@ -238,6 +238,10 @@ def run_epochs(state: RunState, test_ds: ImageDataset, first: int, totals: Epoch
         state.folder.log(record)
         if board is not None:
             board.log(record)
+        if task.monitor not in figures:
+            raise CnnlabError(f"task {task.name!r} monitors {task.monitor!r}, which is not "
+                              f"among its test figures ({', '.join(figures)}); set its "
+                              "monitor to one of them")
         schedule.observe(figures[task.monitor])
         totals = EpochTotals(state.device, global_step=totals.global_step)
         try:

@@ -26,11 +26,12 @@ Adding a task: regress each image's mean brightness, a target the data set carri
 ...     ds = load("digits", split, size=8)
 ...     ds.labels, ds.classes = ds.images.mean(dim=(1, 2, 3)), ()
 ...     return ds
+>>> import tempfile
 >>> net = nn.Sequential(nn.Flatten(), nn.Linear(64, 1))
->>> config = TrainConfig("lenet5", epochs=2, lr=0.1, out="/tmp/cnnlab-doc-brightness",
+>>> config = TrainConfig("brightness", epochs=3, lr=0.01, out=tempfile.mkdtemp() + "/run",
 ...                      tensorboard=False, plots=False)
 >>> result = train(config, net, task=Brightness(), datasets=(bright("train"), bright("test")),
-...                progress=False, overwrite=True)
+...                progress=False)
 >>> result["test_abs_error"] < 0.05
 True
 
