@@ -138,12 +138,3 @@ def broadcast_buffers(ctx: Context, model: torch.nn.Module) -> None:
     if ctx.distributed:
         for buffer in model.buffers():
             dist.broadcast(buffer, src=0)
-
-
-def broadcast_flag(ctx: Context, flag: bool) -> bool:
-    """Rank 0's ``flag`` on every process (to stop all together)."""
-    if not ctx.distributed:
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int64)
-    dist.broadcast(t, src=0)
-    return bool(t.item())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -57,25 +58,24 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Progress:
-    """A pass's progress: tqdm's bar on a terminal; elsewhere (a log file under nohup, CI, a
-    cluster's log) a plain line every ``every`` seconds with the same figures -- step,
-    images/s, running loss, time left -- so a stuck run and a slow one look different.
-    ``enabled=False``: silent."""
+    """A pass's progress: tqdm's bar on a terminal (stderr); elsewhere (a log file under
+    nohup, CI, a cluster's log) a plain line on stdout, beside the epoch lines, every
+    ``every`` seconds (default ``$CNNLAB_PROGRESS_SECONDS``, else 30) with the figures the
+    bar shows -- step, images/s, running loss, time left -- so a stuck run and a slow one
+    look different. ``enabled=False``: silent."""
 
     def __init__(self, total: int, initial: int, desc: str, enabled: bool = True,
-                 every: float = PLAIN_EVERY, stream: TextIO | None = None) -> None:
-        self.total, self.done, self.desc, self.every = total, initial, desc, every
-        self.stream = stream or sys.stderr
-        terminal = enabled and self.stream.isatty()
+                 every: float | None = None, bar: TextIO | None = None,
+                 log: TextIO | None = None) -> None:
+        self.total, self.done, self.desc = total, initial, desc
+        self.every = progress_seconds() if every is None else every
+        bar_stream, self.log = bar or sys.stderr, log or sys.stdout
+        terminal = enabled and _isatty(bar_stream)
         self.plain = enabled and not terminal
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit="batch", leave=False,
-                        dynamic_ncols=True, file=self.stream, disable=not terminal)
+                        dynamic_ncols=True, file=bar_stream, disable=not terminal)
         self.start = self.last = time.perf_counter()
         self.images = self.steps = 0                  # done since this display started
-
-    @property
-    def shown(self) -> bool:
-        return self.plain or not self.bar.disable
 
     def advance(self, images: int, loss: Callable[[], float]) -> float | None:
         """One step of ``images`` done; returns the loss when it was read (a sync) to show
@@ -83,11 +83,13 @@ class Progress:
         self.done += 1
         self.steps += 1
         self.images += images
-        self.bar.update()
-        if not self.bar.disable and self.done % CHECK_EVERY == 1:
-            value = loss()
-            self.bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-            return value
+        if not self.bar.disable:
+            self.bar.update()
+            if self.done % CHECK_EVERY == 1:
+                value = loss()
+                self.bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+                return value
+            return None
         now = time.perf_counter()
         if self.plain and now - self.last >= self.every:
             self.last, value = now, loss()
@@ -95,12 +97,34 @@ class Progress:
             left = (self.total - self.done) * (now - self.start) / self.steps
             print(f"{self.desc}: step {self.done}/{self.total} "
                   f"({100 * self.done / max(self.total, 1):.0f}%), {rate:,.0f} img/s, "
-                  f"loss {value:.4f}, {_clock(left)} left", file=self.stream, flush=True)
+                  f"loss {value:.4f}, {_clock(left)} left", file=self.log, flush=True)
             return value
         return None
 
     def close(self) -> None:
         self.bar.close()
+
+
+def progress_seconds() -> float:
+    """Seconds between plain progress lines: ``$CNNLAB_PROGRESS_SECONDS``, else 30."""
+    text = os.environ.get(PROGRESS_ENV, "")
+    if not text:
+        return PLAIN_EVERY
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        raise CnnlabError(f"{PROGRESS_ENV}={text!r} must be a number of seconds >= 0 (e.g. "
+                          f"{PLAIN_EVERY:g}); fix or unset it")
+    return value
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):           # a closed or odd stream
+        return False
 
 
 def _clock(seconds: float) -> str:
