@@ -44,6 +44,7 @@ from cnnlab.train.tasks import Classification, Task
 AUGMENT_SEED = 0x5EED_A06         # the augmentation generator starts at seed ^ AUGMENT_SEED
 CHECK_EVERY = 25                  # steps between progress-bar updates of the loss (a sync)
 PLAIN_EVERY = 30.0                # seconds between progress lines when not on a terminal
+PROGRESS_ENV = "CNNLAB_PROGRESS_SECONDS"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -328,6 +329,8 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, task: Task | N
     >>> result = train(TrainConfig("lenet5", epochs=1, out="/tmp/run"), progress=False)  # doctest: +SKIP
     """
     start = time.perf_counter()
+    if progress:
+        progress_seconds()                              # a bad $CNNLAB_PROGRESS_SECONDS: now
     ctx = distributed.context_from_env()                # torchrun's RANK and WORLD_SIZE
     # refuses before any slow work
     run = RunFolder(config.out or config.default_out(), overwrite, resume, writer=ctx.is_main)
