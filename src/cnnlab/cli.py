@@ -1,6 +1,8 @@
 """The ``cnnlab`` command: models, summary, train, eval, features, download.
 
-A user mistake prints ``error: ...`` on one line and exits with status 2; no traceback.
+A user mistake prints ``error: ...`` on one line and exits with status 2; no traceback. An
+operating-system failure that no command explained (a full disk, a missing folder) prints
+``error: cnnlab COMMAND failed: PATH: REASON; what to do`` and exits with status 1.
 """
 
 from __future__ import annotations
