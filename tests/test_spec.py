@@ -279,6 +279,24 @@ def test_specnet_interface():
     ("C0D8", (3, 8, 8), {}, r"filter size must be at least 1"),
     ("C3D8", (3, 8, 8, 8, 8), {}, r"input_shape must be 1 to 4 positive ints"),
     ("C3D8", (3, 8, 8), {"width": 0}, r"width must be a positive int"),
+    # issue 9: an incomplete D is the convolution's, not the start of DROP
+    ("C3D", (3, 8, 8), {}, (r"^token 'C3D' \(#1, at character 0\) is malformed: the D of a "
+     r"convolution is followed by its number of filters, e.g. C3D64; a convolution is ")),
+    ("C5D8 C3Ds2", (3, 8, 8), {}, r"^token 'C3Ds2' \(#2, at character 5\) is malformed: the D"),
+    ("C3 D", (3, 8, 8), {}, r"^token 'D' \(#2, at character 3\): D<filters> belongs to a conv"),
+    ("C3DR", (3, 8, 8), {}, r"^token 'DR' \(#2, at character 2\) is malformed: dropout is DROP"),
+    # issue 9: weights that never meet the input, padding past full
+    ("C99D4", (1, 8, 8), {}, (r"^token 'C99D4' \(#1\): only 15x15 of the 99x99 taps of its filter "
+     r"\(padding 49\) ever meet its 8x8x1 input; the others see padding only and would never be "
+     r"used or trained; use a filter of at most 15x15, or a larger input$")),
+    ("C3D8 M M C3D8", (1, 4, 4), {}, r"'C3D8' \(#4\): only 1x1 of the 3x3 taps .* 1x1x8 input"),
+    ("C9x3D4", (1, 3, 8), {}, r"only 5x3 of the 9x3 taps of its filter \(padding 4x1\)"),
+    ("C3D8p5", (1, 8, 8), {}, (r"^token 'C3D8p5' \(#1\): padding 5 is more than its 3x3 filter "
+     r"allows: at most F - 1 = 2 \(full padding, 8.2.1\); past that the outputs at the border "
+     r"see padding only; lower p$")),
+    ("C3D8d2p5", (1, 8, 8), {}, r"padding 5 is more than its 5x5 filter allows: at most F - 1 = 4"),
+    ("C3D8 LRN99", (1, 8, 8), {}, (r"^token 'LRN99' \(#2\): a window of 99 maps is wider than the "
+     r"2C - 1 = 15 that already reaches all 8 maps of its 8x8x8 input; write LRN15 or less$")),
 ])
 def test_errors_name_the_token_and_the_fix(text, shape, kwargs, match):
     with pytest.raises(SpecError, match=match):
@@ -350,3 +368,13 @@ def test_to_spec_round_trips(body, head, sep, dims):
     for a, b in zip(net, again):
         x, y = a(x), b(x)
         assert x.shape == y.shape
+
+
+def test_filters_that_meet_their_input_still_build():
+    """The largest filter every weight of which meets the input, and full padding, build."""
+    assert volumes(build("C15D4", (1, 8, 8)), (1, 8, 8)) == {"conv1": (8, 8, 4)}
+    assert volumes(build("C3D4p=full C3D4p2", (1, 1, 1)), (1, 1, 1)) == {
+        "conv1": (3, 3, 4), "conv2": (5, 5, 4)}
+    assert volumes(build("C1D4 C8D4p0", (1, 8, 8)), (1, 8, 8)) == {
+        "conv1": (8, 8, 4), "conv2": (1, 1, 4)}
+    assert volumes(build("C3D4s2 LRN5", (1, 3, 3)), (1, 3, 3)) == {"conv1": (2, 2, 4)}

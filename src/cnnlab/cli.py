@@ -46,14 +46,21 @@ examples:
 
 def parse_shape(text: str) -> tuple[int, ...]:
     """'3x224x224' (or 3,224,224) -> (3, 224, 224)."""
+    from cnnlab.ops._shapes import MAX_SIZE
+
+    shown = text if len(text) <= 40 else f"{text[:36]}..."
     parts = text.lower().replace("×", "x").replace(",", "x").split("x")
     try:
         shape = tuple(int(p) for p in parts)
     except ValueError:
-        raise CnnlabError(f"--input {text!r} is not a shape: write it as CxHxW, e.g. 3x224x224") from None
+        raise CnnlabError(f"--input {shown!r} is not a shape: write it as CxHxW, e.g. "
+                          "3x224x224") from None
     if not 2 <= len(shape) <= 4 or any(s <= 0 for s in shape):
-        raise CnnlabError(f"--input {text!r}: give 2 to 4 positive sizes, C first "
+        raise CnnlabError(f"--input {shown!r}: give 2 to 4 positive sizes, C first "
                           "(CxL for text, CxHxW for images, CxTxHxW for video)")
+    if max(shape) > MAX_SIZE:
+        raise CnnlabError(f"--input {shown!r}: {max(shape)} is above {MAX_SIZE:,}, the largest "
+                          "size a kernel takes; give a smaller input")
     return shape
 
 
@@ -84,27 +91,37 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _model_or_spec(target: str, input_shape: tuple[int, ...] | None,
                    num_classes: int | None, strict: bool = False) -> tuple[Any, tuple[int, ...]]:
+    """The model, on the meta device (shapes and counts, no memory), and its input shape."""
+    import torch
+
     from cnnlab import models, spec
 
     if target in models.names():
         entry = models.info(target)
         shape = input_shape or entry.input_shape
-        model = models.create(target, num_classes=num_classes,
-                              in_channels=shape[0])
+        with torch.device("meta"):
+            model = models.create(target, num_classes=num_classes, in_channels=shape[0])
         return model, shape
     if input_shape is None:
         raise CnnlabError(f"{target!r} is not a model name, so it is read as a network in the "
                           "chapter's notation, which needs --input CxHxW; run `cnnlab models` "
                           "for the model names")
-    return spec.build(target, input_shape, num_classes=num_classes, strict=strict), input_shape
+    with torch.device("meta"):      # build() checks the sizes from the text first
+        net = spec.build(target, input_shape, num_classes=num_classes, strict=strict)
+    return net, input_shape
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    import torch
+
     from cnnlab import inspect
 
     shape = parse_shape(args.input) if args.input else None
     model, shape = _model_or_spec(args.target, shape, args.num_classes, args.strict)
-    summary = inspect.summarize(model, shape)
+    with torch.device("meta"):      # shapes and counts only: nothing is allocated
+        summary = inspect.summarize(model, shape)
+    name = args.target if len(args.target) <= 40 else f"{args.target[:36]}..."
+    summary.check_size(f"{name!r} on input {'x'.join(map(str, shape))}")
     print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.to_text())
     return 0
 

@@ -13,6 +13,14 @@ class SpecError(CnnlabError, ValueError):
     """A network description in the chapter's notation cannot be parsed or built."""
 
 
+class SizeError(CnnlabError, ValueError):
+    """A network or input above the size limits (CNNLAB_MAX_PARAMS, CNNLAB_MAX_ACTIVATION_BYTES)."""
+
+
+class OptionError(CnnlabError, ValueError):
+    """An unknown choice for an option, such as a kernel name or a ReLU backward rule."""
+
+
 class DataError(CnnlabError):
     """A data set is missing, corrupt or has the wrong format."""
 

@@ -10,6 +10,7 @@ multiply-accumulates (the chapter's Tables 8.1 and 8.2, computed rather than cop
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -17,11 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError, ShapeError
+from cnnlab.errors import CnnlabError, ShapeError, SizeError
 from cnnlab.nn.layers import GlobalAvgPool
 from cnnlab.nn.lenet import RBF, PartialConv2d, Subsampling
 
-__all__ = ["Row", "Summary", "Totals", "summarize", "volume"]
+__all__ = ["LIMITS", "Row", "Summary", "Totals", "check_size", "size_limits", "summarize",
+           "volume"]
 
 Field = tuple[int | float, ...]
 
@@ -71,7 +73,7 @@ def _bytes(n: int) -> str:
     if n < 1024:
         return f"{n:,} B"
     size, unit = n / 1024, "KiB"
-    for bigger in ("MiB", "GiB"):
+    for bigger in ("MiB", "GiB", "TiB", "PiB", "EiB"):
         if size < 1024:
             break
         size, unit = size / 1024, bigger
@@ -130,6 +132,15 @@ class Summary:
                 "dtype": self.dtype,
                 "rows": [{k: plain(v) for k, v in asdict(r).items()} for r in self.rows],
                 "totals": asdict(self.totals)}
+
+    def check_size(self, what: str) -> None:
+        """Refuse the network above :func:`size_limits` (run it on the meta device to measure
+        a network without allocating it); ``what`` names it in the message."""
+        t, itemsize = self.totals, getattr(torch, self.dtype).itemsize
+        layers = [("the input", 0, math.prod(self.input_shape) * itemsize)]
+        layers += [(f"layer {r.name!r}", r.params + r.frozen_params, r.activation_bytes)
+                   for r in self.rows]
+        check_size(what, t.params + t.frozen_params, sum(r[2] for r in layers), layers)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Summary:
@@ -262,6 +273,53 @@ def _fit_error(model: nn.Module, shape: tuple[int, ...], failed: str | None,
     return ShapeError(f"input shape {given} does not fit the model{where} ({reason}){hint}")
 
 
+# The size limits: environment variable -> default. 500 M parameters is 2 GiB of float32
+# weights, 3.5x the largest model of the zoo (VGG-E, 144 M); 4 GiB of activations per example
+# holds VGG-16 at 3x1024x1024 (1.4 GiB) but not at 3x2048x2048.
+LIMITS = {"CNNLAB_MAX_PARAMS": 500_000_000, "CNNLAB_MAX_ACTIVATION_BYTES": 4 * 1024**3}
+
+
+def size_limits() -> tuple[int, int]:
+    """(most parameters, most bytes of input + activations per example) a network may have:
+    ``CNNLAB_MAX_PARAMS`` and ``CNNLAB_MAX_ACTIVATION_BYTES`` from the environment, else
+    :data:`LIMITS`' defaults."""
+    values = []
+    for name, default in LIMITS.items():
+        text = os.environ.get(name, "").strip()
+        try:
+            value = int(text) if text else default
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise SizeError(f"{name}={text!r} is not a limit: give a positive whole number, "
+                            f"e.g. {name}={default * 4} (the default is {default})")
+        values.append(value)
+    return values[0], values[1]
+
+
+def check_size(what: str, params: int, memory: int,
+               layers: Sequence[tuple[str, int, int]] = ()) -> None:
+    """Refuse a network of more parameters, or an example of more bytes of input and
+    activations (``memory``), than :func:`size_limits` allows. ``what`` names the network and
+    input in the message; ``layers`` (label, parameters, activation bytes) names the largest.
+
+    Counted from the shapes alone, so it runs before anything is allocated.
+    """
+    (max_params, max_memory), (params_name, memory_name) = size_limits(), LIMITS
+    if params > max_params:
+        label, most, _ = max(layers, key=lambda r: r[1], default=("", 0, 0))
+        where = f" ({label} alone has {most:,})" if most else ""
+        raise SizeError(f"{what} has {params:,} parameters{where}, more than the limit of "
+                        f"{max_params:,}; set {params_name} higher to build it anyway, or "
+                        "make the network smaller")
+    if memory > max_memory:
+        label, _, most = max(layers, key=lambda r: r[2], default=("", 0, 0))
+        where = f" ({label} alone needs {_bytes(most)})" if most else ""
+        raise SizeError(f"{what} needs {_bytes(memory)} per example for its input and "
+                        f"activations{where}, more than the limit of {_bytes(max_memory)}; "
+                        f"use a smaller input, or set {memory_name} higher (in bytes)")
+
+
 def summarize(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
               dtype: torch.dtype = torch.float32) -> Summary:
     """Run one forward pass of zeros of shape (batch_size, *input_shape) through ``model`` (in
@@ -289,7 +347,7 @@ def summarize(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ShapeError(f"batch_size must be a positive int, got {batch_size!r}")
     param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device = param.device if param is not None else None    # None: the default device
     if param is not None and param.is_floating_point() and param.dtype != dtype:
         raise ShapeError(f"dtype={dtype} does not match the model's parameters ({param.dtype}); "
                          f"pass dtype={param.dtype} or convert the model with model.to({dtype})")

@@ -28,17 +28,18 @@ from __future__ import annotations
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
 from cnnlab import nn as cnn
-from cnnlab.errors import ShapeError, SpecError
-from cnnlab.inspect import volume
-from cnnlab.ops._shapes import as_tuple, conv_output_length, resolve_padding
+from cnnlab.errors import ShapeError, SizeError, SpecError
+from cnnlab.inspect import check_size, volume
+from cnnlab.ops._shapes import MAX_SIZE, as_tuple, conv_output_length, resolve_padding
 
 __all__ = ["SoftmaxOutput", "SpecNet", "Token", "build", "parse", "to_spec"]
 
@@ -99,24 +100,50 @@ class Token:
 
     @property
     def where(self) -> str:
-        return f"token {self.text!r} (#{self.index})"
+        return _where(self.text, self.index)
 
 
-def _sizes(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split("x"))
+def _where(text: str, index: int) -> str:
+    shown = text if len(text) <= 32 else f"{text[:24]}...({len(text)} characters)"
+    return f"token {shown!r} (#{index})"
 
 
-def _bad_token(text: str, pos: int, index: int) -> SpecError:
+def _number(text: str, name: str, where: str) -> int:
+    """A number of the notation, range-checked before it reaches int() or PyTorch."""
+    digits = text.lstrip("0")
+    if len(digits) > len(str(MAX_SIZE)) or (digits and int(digits) > MAX_SIZE):
+        shown = text if len(text) <= 24 else f"of {len(text)} digits"
+        raise SpecError(f"{where}: the {name} {shown} is out of range: a number in the notation "
+                        f"is at most {MAX_SIZE:,}; write a smaller {name}")
+    return int(digits or "0")
+
+
+def _sizes(text: str, name: str, where: str) -> tuple[int, ...]:
+    return tuple(_number(v, name, where) for v in text.split("x"))
+
+
+def _bad_token(text: str, pos: int, index: int, before: Token | None) -> SpecError:
     end = pos
     while end < len(text) and not (text[end].isspace() or text[end] == ","):
         end += 1
-    word = text[pos:end] if end - pos <= 24 else text[pos:pos + 24] + "..."
-    head = f"token {word!r} (#{index}, at character {pos})"
+
+    def named(start: int, index: int) -> str:
+        word = text[start:end] if end - start <= 24 else text[start:start + 24] + "..."
+        return f"token {word!r} (#{index}, at character {start})"
+
+    if before is not None and before.kind == "conv" and before.offset + len(before.text) == pos \
+            and text.startswith("D", pos) and not text.startswith("DR", pos):
+        # 'C3D', 'C3Ds2': a convolution whose D lacks its number (not a dropout after C3)
+        return SpecError(f"{named(before.offset, before.index)} is malformed: the D of a "
+                         "convolution is followed by its number of filters, e.g. C3D64; "
+                         f"{_FORMS['C']}; see docs/notation.md")
+    word = text[pos:end]
+    head = named(pos, index)
     form = _FORMS.get(word[:1]) if not word.startswith(("R", "S")) else None
     if word[:1].islower():
         return SpecError(f"{head}: token kinds are upper case ({_KINDS}) and their modifiers "
                          "lower case, e.g. C3D64s2")
-    if re.match(r"D\d", word):
+    if word.startswith("D") and not word.startswith("DR"):
         return SpecError(f"{head}: D<filters> belongs to a convolution and follows C<size>, "
                          "e.g. C3D64 (packed text reads FC as one token: put a space between "
                          "an F and a C)")
@@ -138,7 +165,7 @@ def _modifiers(mods: str, where: str) -> dict[str, str]:
 
 def _token(m: re.Match[str], index: int) -> Token:
     text, offset = m.group(0), m.start()
-    where = f"token {text!r} (#{index})"
+    where = _where(text, index)
     if m.group("relu"):
         return Token(text, index, offset, "relu")
     if m.group("softmax"):
@@ -146,7 +173,8 @@ def _token(m: re.Match[str], index: int) -> Token:
     if m.group("gap"):
         return Token(text, index, offset, "gap")
     if m.group("lrn"):
-        window = int(m.group("lrn_size")) if m.group("lrn_size") else None
+        window = _number(m.group("lrn_size"), "LRN window", where) if m.group("lrn_size") \
+            else None
         if window is not None and (window < 1 or window % 2 == 0):
             raise SpecError(f"{where}: the LRN window must be a positive odd number (Eq. 8.2 "
                             f"is symmetric about each channel), got {window}; e.g. LRN5")
@@ -158,28 +186,35 @@ def _token(m: re.Match[str], index: int) -> Token:
                             "e.g. DROP0.5")
         return Token(text, index, offset, "dropout", rate=rate)
     if m.group("fc"):
-        units = int(m.group("units")) if m.group("units") else None
+        units = _number(m.group("units"), "number of units", where) if m.group("units") \
+            else None
         if units == 0:
             raise SpecError(f"{where}: a fully connected layer needs at least 1 unit")
         return Token(text, index, offset, "fc", out=units)
     if m.group("conv"):
         mods = _modifiers(m.group("conv_mods"), where)
-        size = _sizes(m.group("conv_size")) if m.group("conv_size") else None
-        filters = int(m.group("filters")) if m.group("filters") else None
+        size = _sizes(m.group("conv_size"), "filter size", where) if m.group("conv_size") \
+            else None
+        filters = _number(m.group("filters"), "number of filters", where) \
+            if m.group("filters") else None
         padding: tuple[int, ...] | str | None = None
         if "p" in mods:
-            padding = mods["p"][1:] if mods["p"].startswith("=") else _sizes(mods["p"])
+            padding = mods["p"][1:] if mods["p"].startswith("=") else \
+                _sizes(mods["p"], "padding", where)
         tok = Token(text, index, offset, "conv", size=size, out=filters,
-                    stride=_sizes(mods["s"]) if "s" in mods else None, padding=padding,
-                    groups=int(mods["g"]) if "g" in mods else None,
-                    dilation=_sizes(mods["d"]) if "d" in mods else None)
+                    stride=_sizes(mods["s"], "stride", where) if "s" in mods else None,
+                    padding=padding,
+                    groups=_number(mods["g"], "groups", where) if "g" in mods else None,
+                    dilation=_sizes(mods["d"], "dilation", where) if "d" in mods else None)
     else:
         mods = _modifiers(m.group("pool_mods"), where)
         kind = "avgpool" if m.group("pool_letter") == "A" else "maxpool"
         tok = Token(text, index, offset, kind,
-                    size=_sizes(m.group("pool_size")) if m.group("pool_size") else None,
-                    stride=_sizes(mods["s"]) if "s" in mods else None,
-                    padding=_sizes(mods["p"]) if "p" in mods else None, ceil="c" in mods)
+                    size=_sizes(m.group("pool_size"), "pool size", where)
+                    if m.group("pool_size") else None,
+                    stride=_sizes(mods["s"], "stride", where) if "s" in mods else None,
+                    padding=_sizes(mods["p"], "padding", where) if "p" in mods else None,
+                    ceil="c" in mods)
     for name, value in (("filter size", tok.size), ("number of filters", tok.out),
                         ("stride", tok.stride), ("groups", tok.groups),
                         ("dilation", tok.dilation)):
@@ -205,7 +240,7 @@ def parse(text: str) -> list[Token]:
             break
         m = _TOKEN.match(text, pos)
         if m is None:
-            raise _bad_token(text, pos, len(tokens) + 1)
+            raise _bad_token(text, pos, len(tokens) + 1, tokens[-1] if tokens else None)
         tokens.append(_token(m, len(tokens) + 1))
         pos = m.end()
     if not tokens:
@@ -302,24 +337,61 @@ class SpecNet(nn.Sequential):
             device=old.weight.device, dtype=old.weight.dtype))
 
 
+@dataclass(frozen=True)
+class _Layer:
+    """A planned layer: made only once the whole text and every shape have been checked."""
+
+    name: str
+    make: Callable[[], nn.Module]
+    tok: Token                      # the token it comes from (the flattening: the FC's)
+    shape: tuple[int, ...]          # its output per example, (C, *spatial) or (n,)
+    params: int
+
+
 class _Builder:
-    """Turns tokens into named modules, tracking the shape (C, *spatial) or (n,) as it goes."""
+    """Plans the named layers of the tokens, tracking the shape (C, *spatial) or (n,) as it
+    goes; :meth:`allocate` makes them once the plan is checked."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int | None, strict: bool,
                  width: int, implicit_relu: bool, last_fc: int | None) -> None:
-        self.shape = input_shape
+        self.shape = self.input_shape = input_shape
         self.dims = len(input_shape) - 1          # spatial dims; 0 = flat
         self.num_classes, self.strict, self.width = num_classes, strict, width
         self.implicit_relu, self.last_fc = implicit_relu, last_fc
-        self.layers: OrderedDict[str, nn.Module] = OrderedDict()
+        self.plan: list[_Layer] = []
+        self.names: set[str] = set()
+        self.layers: OrderedDict[str, nn.Module] = OrderedDict()    # filled by allocate()
         self.weighted = 0                         # conv/FC layers so far
         self.pools = 0
 
-    def add_layer(self, base: str, module: nn.Module) -> None:
+    def add_layer(self, base: str, tok: Token, make: Callable[[], nn.Module],
+                  params: int = 0) -> None:
+        """Plan a layer whose output is the current ``self.shape``."""
         name, k = base, 2
-        while name in self.layers:
+        while name in self.names:
             name, k = f"{base}_{k}", k + 1
-        self.layers[name] = module
+        self.names.add(name)
+        self.plan.append(_Layer(name, make, tok, self.shape, params))
+
+    def check_size(self, text: str) -> None:
+        """Refuse a network above the size limits, from the planned shapes alone."""
+        itemsize = torch.get_default_dtype().itemsize
+        rows = [("the input", 0, math.prod(self.input_shape) * itemsize)]
+        rows += [(f"layer {layer.name!r} from {layer.tok.where}", layer.params,
+                  math.prod(layer.shape) * itemsize) for layer in self.plan]
+        shown = text if len(text) <= 40 else f"{text[:36]}..."
+        check_size(f"the network {shown!r} on input {'x'.join(map(str, self.input_shape))}",
+                   sum(r[1] for r in rows), sum(r[2] for r in rows), rows)
+
+    def allocate(self) -> None:
+        for layer in self.plan:
+            try:
+                self.layers[layer.name] = layer.make()
+            except (RuntimeError, MemoryError) as err:
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
+                raise SizeError(f"{layer.tok.where}: its layer {layer.name!r} of "
+                                f"{layer.params:,} parameters could not be allocated ({reason}); "
+                                "make the network smaller") from None
 
     @property
     def flat(self) -> bool:
@@ -360,7 +432,7 @@ class _Builder:
             for n, e, p, s in zip(lengths, extent, padding, stride):
                 span = n + 2 * p - e
                 if span % s:
-                    fits = [v for v in range(1, span + 1) if span % v == 0][:8]
+                    fits = _divisors(span)[:8]
                     raise SpecError(
                         f"{tok.where}: stride S={s} does not divide L + 2P - F = {n} + 2*{p} - "
                         f"{e} = {span} (L={n}, F={e}, P={p}, S={s}), so the last {span % s} "
@@ -389,16 +461,53 @@ class _Builder:
         else:
             padding = self.per_dim(tok, tok.padding, "padding")
         channels, filters, groups = self.shape[0], tok.out or self.width, tok.groups or 1
+        if filters > MAX_SIZE:
+            raise SpecError(f"{tok.where}: a bare C has {filters:,} filters here (the width "
+                            f"doubles after each of the {self.pools} pools, 8.4.3), more than "
+                            f"{MAX_SIZE:,}; write its number of filters, e.g. C3D64")
         if channels % groups or filters % groups:
             raise SpecError(f"{tok.where}: groups g{groups} must divide both the input depth "
                             f"({channels}, from {self.vol}) and the filters ({filters})")
         out = self.check_window(tok, kernel, stride, padding, dilation, "filter")
+        self.check_taps(tok, kernel, stride, padding, dilation, out)
         self.weighted += 1
-        self.add_layer(f"conv{self.weighted}", _CONV[self.dims](
-            channels, filters, kernel, stride, padding, dilation, groups))
         self.shape = (filters, *out)
+        self.add_layer(f"conv{self.weighted}", tok, partial(
+            _CONV[self.dims], channels, filters, kernel, stride, padding, dilation, groups),
+            params=filters * (channels // groups) * math.prod(kernel) + filters)
         if self.implicit_relu:
-            self.add_layer(f"relu{self.weighted}", cnn.ReLU())
+            self.add_layer(f"relu{self.weighted}", tok, cnn.ReLU)
+
+    def check_taps(self, tok: Token, kernel: tuple[int, ...], stride: tuple[int, ...],
+                   padding: tuple[int, ...], dilation: tuple[int, ...],
+                   out: tuple[int, ...]) -> None:
+        """Refuse padding past full (8.2.1: outputs that see padding only) and a filter some of
+        whose taps never meet the input (C99 on 8x8: only 15x15 of the 99x99 weights would
+        ever be used or trained)."""
+        extent = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+        if any(p > e - 1 for p, e in zip(padding, extent)):
+            raise SpecError(
+                f"{tok.where}: padding {_join(padding)} is more than its "
+                f"{'x'.join(map(str, extent))} filter allows: at most F - 1 = "
+                f"{_join([e - 1 for e in extent])} (full padding, 8.2.1); past that the outputs "
+                "at the border see padding only; lower p")
+        alive = []                  # per dim: taps t whose offset t*d meets the input
+        for n, k, s, p, d, m in zip(self.shape[1:], kernel, stride, padding, dilation, out):
+            # output i reads input row i*s + t*d - p; first and last taps exactly, the count
+            # from the rows the outputs span
+            first = -(-p // s)
+            last = max(0, -(-(p - d * (k - 1)) // s))
+            dead = (first > m - 1 or first * s - p > n - 1
+                    or last > m - 1 or d * (k - 1) - p + last * s > n - 1)
+            lo, hi = max(0, p - s * (m - 1)), min(d * (k - 1), p + n - 1)
+            alive.append(max(1, hi // d - -(-lo // d) + 1) if dead else k)  # ceil(lo/d)..hi//d
+        if tuple(alive) != kernel:
+            raise SpecError(
+                f"{tok.where}: only {'x'.join(map(str, alive))} of the "
+                f"{'x'.join(map(str, kernel))} taps of its filter (padding {_join(padding)}) "
+                f"ever meet its {self.vol} input; the others see padding only and would never "
+                f"be used or trained; use a filter of at most {'x'.join(map(str, alive))}, or "
+                "a larger input")
 
     def add_pool(self, tok: Token, table: Mapping[int, type[nn.Module]]) -> None:
         self.need_spatial(tok, "a pooling layer")
@@ -413,9 +522,9 @@ class _Builder:
         out = self.check_window(tok, kernel, stride, padding, (1,) * self.dims, "pool",
                                 tok.ceil)
         self.pools += 1
-        self.add_layer(f"pool{self.pools}", table[self.dims](kernel, stride, padding,
-                                                              ceil_mode=tok.ceil))
         self.shape = (self.shape[0], *out)
+        self.add_layer(f"pool{self.pools}", tok, partial(table[self.dims], kernel, stride,
+                                                         padding, ceil_mode=tok.ceil))
         self.width *= 2             # VGG's rule (8.4.3): bare C doubles after each pooling
 
     def add_maxpool(self, tok: Token) -> None:
@@ -426,33 +535,48 @@ class _Builder:
 
     def add_fc(self, tok: Token) -> None:
         if not self.flat:
-            self.add_layer("flatten", cnn.Flatten())
             self.shape = (math.prod(self.shape),)
+            self.add_layer("flatten", tok, cnn.Flatten)
         units = tok.out if tok.out is not None else self.num_classes
         assert units is not None    # build() checked that a bare F has num_classes
         self.weighted += 1
-        self.add_layer(f"fc{self.weighted}", cnn.Linear(self.shape[0], units))
-        self.shape = (units,)
+        features, self.shape = self.shape[0], (units,)
+        self.add_layer(f"fc{self.weighted}", tok, partial(cnn.Linear, features, units),
+                       params=(features + 1) * units)
         if self.implicit_relu and tok.index != self.last_fc:
-            self.add_layer(f"relu{self.weighted}", cnn.ReLU())
+            self.add_layer(f"relu{self.weighted}", tok, cnn.ReLU)
 
     def add_relu(self, tok: Token) -> None:
-        self.add_layer(f"relu{self.weighted}", cnn.ReLU())
+        self.add_layer(f"relu{self.weighted}", tok, cnn.ReLU)
 
     def add_lrn(self, tok: Token) -> None:
         self.need_spatial(tok, "local response normalisation (across the maps of a volume)")
-        self.add_layer(f"lrn{self.weighted}", cnn.LRN(tok.out or 5))
+        size, channels = tok.out or 5, self.shape[0]
+        if size > max(5, 2 * channels - 1):
+            # every window of 2C - 1 maps already spans all C maps (Eq. 8.2 sums, it does not
+            # average), and a wider one costs memory: PyTorch pads the maps by n // 2 each side
+            raise SpecError(f"{tok.where}: a window of {size:,} maps is wider than the "
+                            f"2C - 1 = {2 * channels - 1} that already reaches all {channels} "
+                            f"maps of its {self.vol} input; write LRN{2 * channels - 1} or less")
+        self.add_layer(f"lrn{self.weighted}", tok, partial(cnn.LRN, size))
 
     def add_dropout(self, tok: Token) -> None:
-        self.add_layer(f"drop{self.weighted}", cnn.Dropout(0.5 if tok.rate is None else tok.rate))
+        self.add_layer(f"drop{self.weighted}", tok,
+                       partial(cnn.Dropout, 0.5 if tok.rate is None else tok.rate))
 
     def add_gap(self, tok: Token) -> None:
         self.need_spatial(tok, "global average pooling")
-        self.add_layer("gap", cnn.GlobalAvgPool())
         self.shape = self.shape[:1]
+        self.add_layer("gap", tok, cnn.GlobalAvgPool)
 
     def add_softmax(self, tok: Token) -> None:
-        self.add_layer("softmax", SoftmaxOutput())
+        self.add_layer("softmax", tok, SoftmaxOutput)
+
+
+def _divisors(n: int) -> list[int]:
+    """The divisors of n > 0 in order, in O(sqrt n) steps (n may be past 2**31)."""
+    small = [v for v in range(1, math.isqrt(n) + 1) if n % v == 0]
+    return small + [n // v for v in reversed(small) if v * v != n]
 
 
 def _join(values: Sequence[int]) -> str:
@@ -468,6 +592,9 @@ def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
                                            and v > 0 for v in shape):
         raise SpecError(f"input_shape must be 1 to 4 positive ints, channels first: (C, L), "
                         f"(C, H, W) or (C, T, H, W), e.g. (3, 224, 224); got {input_shape!r}")
+    if max(shape) > MAX_SIZE:
+        raise SpecError(f"input_shape {shape!r} has a size above {MAX_SIZE:,}, the most a "
+                        "kernel takes; give a smaller input")
     return shape
 
 
@@ -485,10 +612,12 @@ def build(text: str, input_shape: Sequence[int], num_classes: int | None = None,
     """
     tokens = parse(text)
     shape = _check_input_shape(input_shape)
-    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-        raise SpecError(f"num_classes must be a positive int, got {num_classes!r}")
-    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
-        raise SpecError(f"width must be a positive int, got {width!r}")
+    if num_classes is not None and (not isinstance(num_classes, int)
+                                    or not 1 <= num_classes <= MAX_SIZE):
+        raise SpecError(f"num_classes must be a positive int of at most {MAX_SIZE:,}, got "
+                        f"{num_classes!r}")
+    if not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= MAX_SIZE:
+        raise SpecError(f"width must be a positive int of at most {MAX_SIZE:,}, got {width!r}")
     for tok in tokens:
         if tok.kind == "softmax" and tok is not tokens[-1]:
             raise SpecError(f"{tok.where} marks the softmax output, so it must be the last "
@@ -512,8 +641,10 @@ def build(text: str, input_shape: Sequence[int], num_classes: int | None = None,
     builder = _Builder(shape, num_classes, strict, width,
                        implicit_relu=not any(t.kind == "relu" for t in tokens),
                        last_fc=fcs[-1].index if fcs else None)
-    for tok in tokens:
+    for tok in tokens:              # every token and shape is checked before anything is made
         builder.add(tok)
+    builder.check_size(text)
+    builder.allocate()
     return SpecNet(builder.layers, shape)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cnnlab import ops
-from cnnlab.errors import ShapeError
+from cnnlab.errors import CnnlabError, OptionError, ShapeError
 
 
 @pytest.mark.parametrize("kernel", ["native", "reference"])
@@ -49,10 +49,13 @@ def test_shape_errors_are_value_errors() -> None:
 
 
 def test_unknown_kernel_and_rule_are_refused() -> None:
-    with pytest.raises(ValueError, match="'native' or 'reference'"), ops.kernels("fast"):  # type: ignore[arg-type]
-        pass
-    with pytest.raises(ValueError, match="guided"), ops.relu_backward("leaky"):  # type: ignore[arg-type]
-        pass
+    with pytest.raises(OptionError, match="unknown kernel 'fast': use 'native' or 'reference'"):
+        ops.kernels("fast")  # type: ignore[arg-type]
+    with pytest.raises(OptionError, match="unknown ReLU backward rule 'leaky': use one of "
+                       "backprop, deconvnet, guided"):
+        ops.relu_backward("leaky")  # type: ignore[arg-type]
+    # a CnnlabError (one line from the CLI) that callers catching ValueError still catch
+    assert issubclass(OptionError, CnnlabError) and issubclass(OptionError, ValueError)
 
 
 def test_kernels_restores_the_previous_choice_even_when_the_block_raises() -> None:

@@ -20,12 +20,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator, Sequence
-from types import ModuleType
-from typing import Literal, overload
+from typing import Literal, Protocol, overload
 
 import torch
 
-from cnnlab.errors import ShapeError
+from cnnlab.errors import OptionError, ShapeError
 from cnnlab.ops import _native, reference
 from cnnlab.ops._shapes import (
     IntOrTuple,
@@ -44,7 +43,34 @@ __all__ = [
 KernelName = Literal["native", "reference"]
 ReluRule = Literal["backprop", "deconvnet", "guided"]
 
-_KERNELS: dict[str, ModuleType] = {"native": _native, "reference": reference}
+
+
+class _Kernel(Protocol):
+    """What each kernel module (``_native``, ``reference``) provides; arguments are checked."""
+
+    def conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+             stride: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...],
+             groups: int, /) -> torch.Tensor: ...
+    def conv_transpose(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       stride: tuple[int, ...], padding: tuple[int, ...],
+                       output_padding: tuple[int, ...], dilation: tuple[int, ...],
+                       groups: int, /) -> torch.Tensor: ...
+    def max_pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...],
+                 padding: tuple[int, ...], dilation: tuple[int, ...], ceil_mode: bool,
+                 return_switches: bool, /) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
+    def avg_pool(self, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...],
+                 padding: tuple[int, ...], ceil_mode: bool, count_include_pad: bool, /
+                 ) -> torch.Tensor: ...
+    def max_unpool(self, y: torch.Tensor, switches: torch.Tensor,
+                   output_size: tuple[int, ...], /) -> torch.Tensor: ...
+    def lrn(self, x: torch.Tensor, size: int, alpha: float, beta: float, k: float, /
+            ) -> torch.Tensor: ...
+    def relu(self, x: torch.Tensor, rule: str, /) -> torch.Tensor: ...
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, /
+               ) -> torch.Tensor: ...
+
+
+_KERNELS: dict[str, _Kernel] = {"native": _native, "reference": reference}
 _RELU_RULES = ("backprop", "deconvnet", "guided")
 _kernel: contextvars.ContextVar[str] = contextvars.ContextVar("cnnlab_kernel", default="native")
 _relu_rule: contextvars.ContextVar[str] = contextvars.ContextVar("cnnlab_relu", default="backprop")
@@ -66,7 +92,7 @@ def kernels(name: KernelName) -> contextlib.AbstractContextManager[None]:
     The previous choice is restored on exit, also when the block raises.
     """
     if name not in _KERNELS:
-        raise ValueError(f"unknown kernel {name!r}: use 'native' or 'reference'")
+        raise OptionError(f"unknown kernel {name!r}: use 'native' or 'reference'")
     return _scoped(_kernel, name)
 
 
@@ -85,7 +111,8 @@ def relu_backward(rule: ReluRule) -> contextlib.AbstractContextManager[None]:
     The rule is taken when the ReLU runs forward, so do the forward pass inside the block.
     """
     if rule not in _RELU_RULES:
-        raise ValueError(f"unknown ReLU backward rule {rule!r}: use one of {', '.join(_RELU_RULES)}")
+        raise OptionError(f"unknown ReLU backward rule {rule!r}: use one of "
+                          f"{', '.join(_RELU_RULES)}")
     return _scoped(_relu_rule, rule)
 
 
@@ -94,7 +121,7 @@ def current_relu_backward() -> str:
     return _relu_rule.get()
 
 
-def _impl() -> ModuleType:
+def _impl() -> _Kernel:
     return _KERNELS[_kernel.get()]
 
 

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cnnlab.ops._function import apply
+
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 _MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
@@ -77,7 +79,7 @@ class _RuleReLU(torch.autograd.Function):
 def relu(x: torch.Tensor, rule: str) -> torch.Tensor:
     if rule == "backprop":
         return torch.relu(x)
-    return _RuleReLU.apply(x, rule)
+    return apply(_RuleReLU, x, rule)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from cnnlab.errors import ShapeError
 
 IntOrTuple = int | Sequence[int]
+
+# The largest size, stride, padding or count the notation and --input take: PyTorch's pooling
+# kernels convert them to a C int and fail above it.
+MAX_SIZE = 2**31 - 1
 
 
 def as_tuple(value: IntOrTuple, dims: int, name: str) -> tuple[int, ...]:
@@ -59,7 +62,7 @@ def conv_output_length(length: int, kernel: int, stride: int = 1, padding: int =
     if span < 0:
         return 0
     if ceil_mode:
-        out = math.ceil(span / stride) + 1
+        out = -(-span // stride) + 1    # integer ceil: exact for sizes past 2**53
         # the last window must start inside the input or its left padding (PyTorch's rule)
         if (out - 1) * stride >= length + padding:
             out -= 1

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cnnlab.ops._function import apply, apply_pair
 from cnnlab.ops._shapes import conv_output_length
 
 Ints = tuple[int, ...]
@@ -289,7 +290,7 @@ class _Conv(torch.autograd.Function):
 
 def conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Ints,
          padding: Ints, dilation: Ints, groups: int) -> torch.Tensor:
-    return _Conv.apply(x, weight, bias, stride, padding, dilation, groups)
+    return apply(_Conv, x, weight, bias, stride, padding, dilation, groups)
 
 
 class _ConvTranspose(torch.autograd.Function):
@@ -327,8 +328,8 @@ class _ConvTranspose(torch.autograd.Function):
 def conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                    stride: Ints, padding: Ints, output_padding: Ints, dilation: Ints,
                    groups: int) -> torch.Tensor:
-    return _ConvTranspose.apply(x, weight, bias, stride, padding, output_padding, dilation,
-                                groups)
+    return apply(_ConvTranspose, x, weight, bias, stride, padding, output_padding, dilation,
+                 groups)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,7 +416,7 @@ class _MaxPool(torch.autograd.Function):
 
 def max_pool(x: torch.Tensor, kernel: Ints, stride: Ints, padding: Ints, dilation: Ints,
              ceil_mode: bool, return_switches: bool) -> Any:
-    y, switches = _MaxPool.apply(x, kernel, stride, padding, dilation, ceil_mode)
+    y, switches = apply_pair(_MaxPool, x, kernel, stride, padding, dilation, ceil_mode)
     return (y, switches) if return_switches else y
 
 
@@ -461,7 +462,7 @@ class _AvgPool(torch.autograd.Function):
 
 def avg_pool(x: torch.Tensor, kernel: Ints, stride: Ints, padding: Ints, ceil_mode: bool,
              count_include_pad: bool) -> torch.Tensor:
-    return _AvgPool.apply(x, kernel, stride, padding, ceil_mode, count_include_pad)
+    return apply(_AvgPool, x, kernel, stride, padding, ceil_mode, count_include_pad)
 
 
 class _MaxUnpool(torch.autograd.Function):
@@ -486,7 +487,7 @@ class _MaxUnpool(torch.autograd.Function):
 
 
 def max_unpool(y: torch.Tensor, switches: torch.Tensor, output_size: Ints) -> torch.Tensor:
-    return _MaxUnpool.apply(y, switches, tuple(output_size))
+    return apply(_MaxUnpool, y, switches, tuple(output_size))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,7 +521,7 @@ class _LRN(torch.autograd.Function):
 
 
 def lrn(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
-    return _LRN.apply(x, size, alpha, beta, k)
+    return apply(_LRN, x, size, alpha, beta, k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -546,7 +547,7 @@ class _ReLU(torch.autograd.Function):
 
 
 def relu(x: torch.Tensor, rule: str) -> torch.Tensor:
-    return _ReLU.apply(x, rule)
+    return apply(_ReLU, x, rule)
 
 
 class _Linear(torch.autograd.Function):
@@ -569,7 +570,7 @@ class _Linear(torch.autograd.Function):
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return _Linear.apply(x, weight, bias)
+    return apply(_Linear, x, weight, bias)
 
 
 # ---------------------------------------------------------------------------------------------
