@@ -35,8 +35,8 @@ Adding a task: regress each image's mean brightness, a target the data set carri
 >>> result["test_abs_error"] < 0.05
 True
 
-Where the code goes: a task used by one application lives beside it (``cnnlab.apps``,
-``cnnlab.visualize``); one the trainer offers by name is registered in :data:`TASKS`.
+Where the code goes: a task lives beside the application it serves (``cnnlab.apps``,
+``cnnlab.visualize``); this module holds the interface and classification.
 """
 
 from __future__ import annotations
@@ -192,7 +192,3 @@ class Classification(Task):
             from cnnlab.train.plots import write_plots
 
             write_plots(folder, list(records), matrix, names)
-
-
-# the tasks `TrainConfig.task` names (a task of one application is passed as an object)
-TASKS: dict[str, type[Task]] = {"classification": Classification}
