@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -282,17 +283,17 @@ def test_nan_weights_with_a_finite_loss_are_not_checkpointed(tmp_path, digits, m
 
 
 def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, digits, reference, monkeypatch):
-    real, writes = checkpoint.save_file, []
+    real, writes = Path.write_bytes, []
 
-    def disk_full(tensors, filename, metadata=None):
-        writes.append(filename)
-        if len(writes) == 3:                       # the checkpoint of step 6
-            with open(filename, "wb") as f:
-                f.write(b"half a checkpoint")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(tensors, filename, metadata=metadata)
+    def disk_full(self, data):
+        if self.name.startswith(f".{CHECKPOINT}."):
+            writes.append(self)
+            if len(writes) == 3:                   # the checkpoint of step 6
+                real(self, b"half a checkpoint")
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, data)
 
-    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
     run = tmp_path / "run"
     with pytest.raises(CnnlabError, match=r"could not write the checkpoint .*: No space left on "
                                           r"device; the checkpoint of epoch 2, step 0 is kept; "
@@ -301,7 +302,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, digits, referenc
     assert sorted(p.name for p in run.iterdir()) == [CHECKPOINT, "config.json", METRICS,
                                              "tensorboard"]
     assert checkpoint.describe(run / CHECKPOINT)["global_step"] == 5
-    monkeypatch.setattr(checkpoint, "save_file", real)
+    monkeypatch.setattr(Path, "write_bytes", real)
     train(resume_config(run), tiny(), progress=False, datasets=digits, resume=True)
     assert same_weights(reference, run)
 
@@ -353,7 +354,7 @@ def test_what_may_change_on_resume(tmp_path, digits):
         train(cfg, tiny(kill_at=7), progress=False, datasets=digits)
     run = tmp_path / "run"
     with pytest.raises(CnnlabError, match=r"cannot resume with seed=1: the run was started with "
-                                          r"seed=0, .* only epochs, out, data_dir, device, "
+                                          r"seed=0, .* only epochs, data_dir, device, "
                                           r"num_workers, eval_batch_size, tensorboard, plots may change"):
         train(resume_config(run, seed=1), tiny(), progress=False, datasets=digits, resume=True)
     with pytest.raises(CnnlabError, match=r"cannot resume with epochs=1: the checkpoint is "

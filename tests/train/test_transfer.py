@@ -14,6 +14,7 @@ from cnnlab.data import load
 from cnnlab.errors import CnnlabError, ModelError
 from cnnlab.train import TrainConfig, train
 from cnnlab.train.transfer import (
+    apply_transfer,
     classifier_names,
     extract_features,
     features_of_run,
@@ -133,9 +134,14 @@ class Payload:
 
 def test_files_that_are_not_plain_state_dicts_are_refused(tmp_path):
     torch.save({"features.c1.weight": Payload()}, tmp_path / "evil.pth")
-    with pytest.raises(ModelError, match=r"refused, not a plain state dict of tensors .*"
-                                         r"weights_only=True\) says: .*Unsupported global"):
+    with pytest.raises(ModelError) as refused:
         load_pretrained(fresh(), tmp_path / "evil.pth")
+    # our words, not PyTorch's advice to unpickle an untrusted file anyway
+    assert str(refused.value) == (
+        f"{tmp_path / 'evil.pth'}: refused: it holds Python objects besides tensors, and cnnlab "
+        "never unpickles objects from a file (they could run code); save the weights alone "
+        "where the file comes from, with torch.save(model.state_dict(), path), or as "
+        ".safetensors")
     assert RAN == []                                        # nothing from the file ran
     torch.save([torch.zeros(2)], tmp_path / "list.pth")
     with pytest.raises(ModelError, match="holds a list, not a state dict"):
@@ -144,7 +150,8 @@ def test_files_that_are_not_plain_state_dicts_are_refused(tmp_path):
     with pytest.raises(ModelError, match=r"not a flat dict of tensors .*checkpoint\['model'\]"):
         load_pretrained(fresh(), tmp_path / "ckpt.pth")
     (tmp_path / "junk.pth").write_text("not a pickle")
-    with pytest.raises(ModelError, match="refused"):
+    with pytest.raises(ModelError, match=r"junk.pth: not a .pth file \(neither a torch.save "
+                                         r"archive nor a pickle\); save the weights alone"):
         load_pretrained(fresh(), tmp_path / "junk.pth")
     (tmp_path / "w.npz").write_bytes(b"")
     with pytest.raises(ModelError, match="unknown weight format '.npz'"):
@@ -330,3 +337,34 @@ def test_init_from_weights_of_another_model_names_the_mismatch(tmp_path, digits,
                       init=str(run))
     with pytest.raises(ModelError, match="do not fit LeNet5"):
         train(cfg, progress=False, datasets=digits)
+
+
+def test_init_and_freeze_until_say_what_they_did(run, digits, tmp_path, capsys):
+    """One line: tensors loaded, the output layer replaced or not, layers frozen, parameters
+    left to train; on resume the checkpoint's weights stand, and the line says so."""
+    total = sum(p.numel() for p in fresh().parameters())
+    early = sum(p.numel() for n, p in fresh().named_parameters()
+                if n.startswith(("features.c1", "features.c3")))
+    cfg = TrainConfig("lenet5_modern", epochs=1, out=str(tmp_path / "a"), device="cpu",
+                      init=str(run), freeze_until="c3", plots=False, tensorboard=False)
+    train(cfg, progress=True, datasets=digits)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (f"--init {run / 'model.safetensors'}: 10 tensors loaded, output layer "
+                        "loaded too; --freeze-until c3: 2 layers frozen (features.c1 to "
+                        f"features.c3); {total - early:,} of {total:,} parameters train")
+    four = [ds.subset(torch.nonzero(ds.labels < 4).flatten()) for ds in digits]
+    four = [type(ds)(ds.images, ds.labels, name=ds.name, split=ds.split, classes=list("0123"),
+                     mean=ds.mean, std=ds.std) for ds in four]
+    cfg = TrainConfig("lenet5_modern", epochs=1, out=str(tmp_path / "b"), device="cpu",
+                      init=str(run), plots=False, tensorboard=False)
+    train(cfg, progress=True, datasets=(four[0], four[1]))
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"--init {run / 'model.safetensors'}: 8 tensors loaded, output layer replaced (the "
+        "file's output.weight, output.bias are for another class count); "
+        f"{sum(p.numel() for p in fresh(4).parameters()):,} of "
+        f"{sum(p.numel() for p in fresh(4).parameters()):,} parameters train")
+    resumed = apply_transfer(fresh(), str(run), "c3", resumed=True)
+    assert resumed is not None and resumed.loaded is None
+    assert resumed.summary().startswith(f"--init {run}: not loaded again, the checkpoint holds "
+                                        "the weights; --freeze-until c3: 2 layers frozen")
+    assert apply_transfer(fresh()) is None

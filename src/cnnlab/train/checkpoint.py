@@ -29,17 +29,20 @@ from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from cnnlab.errors import CnnlabError
 from cnnlab.train.config import TrainConfig
-from cnnlab.train.run import CHECKPOINT, CONFIG, atomic_write
+from cnnlab.train.run import CHECKPOINT, CONFIG, WEIGHTS, read_config, write_safetensors
 
 FORMAT = "cnnlab-checkpoint/1"
 
 # what may differ between a run and its resumption: where things are, and how far it goes
-RESUMABLE = ("epochs", "out", "data_dir", "device", "num_workers", "eval_batch_size",
-             "tensorboard", "plots")
+RESUMABLE = ("epochs", "data_dir", "device", "num_workers", "eval_batch_size", "tensorboard",
+             "plots")
+# what a resumed run ignores: the folder is where it is now (it may have been moved)
+_WHERE = ("out",)
+_OUTPUT_ONLY = tuple(k for k in RESUMABLE if k != "epochs")   # change nothing a run computes
 _LENGTH_DEPENDENT = ("cosine", "onecycle")     # schedules whose curve depends on epochs
 
 
@@ -49,7 +52,7 @@ def save(path: Path, state: Mapping[str, Any]) -> None:
     tensors: dict[str, torch.Tensor] = {}
     tree = _split(state, "", tensors)
     meta = {"format": FORMAT, "state": json.dumps(tree)}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    write_safetensors(path, tensors, meta)
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -122,7 +125,7 @@ def check_resume(saved: TrainConfig, config: TrainConfig, epoch: int, step: int)
     (at batch ``step`` of ``epoch``): only the fields in :data:`RESUMABLE` may change, and
     ``epochs`` only for schedules that do not depend on it, and not below the checkpoint."""
     old, new = saved.to_dict(), config.to_dict()
-    changed = [k for k in old if old[k] != new[k] and k not in RESUMABLE]
+    changed = [k for k in old if old[k] != new[k] and k not in (*RESUMABLE, *_WHERE)]
     if changed:
         k = changed[0]
         raise CnnlabError(f"cannot resume with {k}={new[k]!r}: the run was started with "
@@ -144,17 +147,29 @@ def resume_config(run_dir: str | os.PathLike[str], **changes: Any) -> TrainConfi
     """The config of the run in ``run_dir`` (its ``config.json``) with ``changes`` (checked by
     :func:`check_resume` when training starts); ``out`` is ``run_dir``."""
     run = Path(run_dir)
-    path = run / CONFIG
-    if not path.is_file():
+    if not (run / CONFIG).is_file():
         what = "no such folder" if not run.is_dir() else f"it has no {CONFIG}"
         raise CnnlabError(f"cannot resume {str(run)!r}: {what}; pass the --out folder of a "
                           "run that `cnnlab train` started")
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CnnlabError(f"{path}: not valid JSON ({err}); start the run again") from None
-    return TrainConfig.from_dict({**values, **changes, "out": str(run)})
+    saved = read_config(run)
+    return TrainConfig.from_dict({**saved.to_dict(), **changes, "out": str(run)})
 
 
-__all__ = ["CHECKPOINT", "FORMAT", "RESUMABLE", "check_resume", "describe", "load",
-           "resume_config", "save"]
+def check_finished(run_dir: str | os.PathLike[str], config: TrainConfig) -> str:
+    """The one-line note for resuming the finished run in ``run_dir`` (nothing to do), or a
+    refusal when ``config`` asks for more than the run did (it keeps no checkpoint to go on
+    from); ``config`` as :func:`resume_config` makes it."""
+    run = Path(run_dir)
+    old, new = read_config(run).to_dict(), config.to_dict()
+    changed = [k for k in old if old[k] != new[k] and k not in (*_OUTPUT_ONLY, *_WHERE)]
+    if changed:
+        k = changed[0]
+        raise CnnlabError(f"cannot resume {str(run)!r} with {k}={new[k]!r}: the run finished "
+                          f"with {k}={old[k]!r} and keeps no checkpoint to go on from; train a "
+                          f"new run with another --out (--init {run} starts from its weights)")
+    return (f"{run}: the run is finished ({old['epochs']} epochs, {WEIGHTS} written); nothing "
+            "to do, its files are as they were")
+
+
+__all__ = ["CHECKPOINT", "FORMAT", "RESUMABLE", "check_finished", "check_resume", "describe",
+           "load", "resume_config", "save"]

@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import torch
 from torch import nn
@@ -40,6 +40,9 @@ from cnnlab.train.evaluation import Member, evaluate_members
 from cnnlab.train.run import CHECKPOINT, RunFolder
 from cnnlab.train.state import Diverged, EpochTotals, RunState, StepRecipe
 from cnnlab.train.tasks import Classification, Task
+
+if TYPE_CHECKING:
+    from cnnlab.train.transfer import TransferReport  # it imports this module
 
 AUGMENT_SEED = 0x5EED_A06         # the augmentation generator starts at seed ^ AUGMENT_SEED
 CHECK_EVERY = 25                  # steps between progress-bar updates of the loss (a sync)
@@ -332,8 +335,9 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, task: Task | N
     if progress:
         progress_seconds()                              # a bad $CNNLAB_PROGRESS_SECONDS: now
     ctx = distributed.context_from_env()                # torchrun's RANK and WORLD_SIZE
-    # refuses before any slow work
-    run = RunFolder(config.out or config.default_out(), overwrite, resume, writer=ctx.is_main)
+    # refuses before any slow work; without ``out``, a new folder (runs/MODEL-DATA[-N])
+    run = RunFolder(config.out, overwrite, resume, writer=ctx.is_main,
+                    default=config.default_out())
     state = checkpoint.load(run.path / CHECKPOINT) if resume else None
     if state is not None:
         checkpoint.check_resume(TrainConfig.from_dict(state["config"]), config,
@@ -365,7 +369,9 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, task: Task | N
                 model = models.create(config.model, num_classes=train_ds.num_classes,
                                       in_channels=train_ds.in_channels)
             _check_fits(model, train_ds)
-            _transfer(model, config, fresh=state is None)
+            transferred = _transfer(model, config, fresh=state is None)
+            if transferred is not None and progress and ctx.is_main:
+                tqdm.write(transferred.summary())
             if config.sync_bn and ctx.distributed:
                 model = sync_batch_norm(model)
             model.to(device)
@@ -476,14 +482,12 @@ def sync_batch_norm(model: nn.Module) -> nn.Module:
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
-def _transfer(model: nn.Module, config: TrainConfig, fresh: bool) -> None:
-    """``--init`` (not on resume: the checkpoint holds the weights) and ``--freeze-until``."""
-    from cnnlab.train.transfer import freeze_until, load_pretrained
+def _transfer(model: nn.Module, config: TrainConfig, fresh: bool) -> TransferReport | None:
+    """``--init`` (not on resume: the checkpoint holds the weights) and ``--freeze-until``;
+    what they did (None: neither asked for)."""
+    from cnnlab.train.transfer import apply_transfer
 
-    if config.init and fresh:
-        load_pretrained(model, config.init)     # the head stays fresh for another class count
-    if config.freeze_until:
-        freeze_until(model, config.freeze_until)
+    return apply_transfer(model, config.init, config.freeze_until, resumed=not fresh)
 
 
 def _check_fits(model: nn.Module, ds: ImageDataset) -> None:

@@ -23,9 +23,7 @@ from typing import Any
 import torch
 
 from cnnlab.errors import CnnlabError, DataError, ShapeError
-from cnnlab.train.run import METRICS, write_text
-
-CONFUSION = "confusion.json"
+from cnnlab.train.run import CONFUSION, METRICS, write_text
 
 
 def topk_correct(scores: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5)

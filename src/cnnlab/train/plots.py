@@ -20,20 +20,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cnnlab.errors import CnnlabError
-from cnnlab.train.metrics import (
-    CONFUSION,
-    _as_matrix,
-    _check_classes,
-    read_confusion,
-    read_metrics,
-)
-from cnnlab.train.run import atomic_write
+from cnnlab.train.metrics import _as_matrix, _check_classes, read_confusion, read_metrics
+from cnnlab.train.run import CONFUSION, CONFUSION_PLOT, CURVES, atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-
-CURVES, CONFUSION_PLOT = "curves.png", "confusion.png"
 
 _SPLITS = {"train": "C0", "test": "C1"}    # one colour per split on every panel
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pickle
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +30,7 @@ from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
@@ -36,8 +38,16 @@ from tqdm.auto import tqdm
 from cnnlab.data import ImageDataset
 from cnnlab.errors import CnnlabError, ModelError, ShapeError
 from cnnlab.train._runs import run_data, run_info
-from cnnlab.train.loop import Batches, normalizer, resolve_device
-from cnnlab.train.run import WEIGHTS, atomic_write, device_of, load_run, read_metadata
+from cnnlab.train.batches import Batches, normalizer
+from cnnlab.train.loop import resolve_device
+from cnnlab.train.run import (
+    WEIGHTS,
+    device_of,
+    load_run,
+    read_metadata,
+    storage_error,
+    write_safetensors,
+)
 
 Pool = Literal["flatten", "avg"]
 # 8.4.1: "features from the penultimate layer ... are often referred to as FC7 features,
@@ -105,17 +115,33 @@ def read_state_dict(source: str | os.PathLike[str]) -> tuple[dict[str, torch.Ten
     if path.suffix not in (".pth", ".pt"):
         raise ModelError(f"{path}: unknown weight format {path.suffix!r}; cnnlab reads "
                          ".safetensors and torchvision-style .pth/.pt state dicts")
+    save_alone = ("save the weights alone where the file comes from, with "
+                  "torch.save(model.state_dict(), path), or as .safetensors")
     try:
         # the restricted unpickler: tensors and plain containers only, no code from the file
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # not PyTorch's text: it tells the reader how to unpickle the file anyway, which must
+        # never be done with a file from elsewhere
+        if not _is_pickle(path):
+            raise ModelError(f"{path}: not a .pth file (neither a torch.save archive nor a "
+                             f"pickle); {save_alone}") from None
+        raise ModelError(f"{path}: refused: it holds Python objects besides tensors, and "
+                         "cnnlab never unpickles objects from a file (they could run code); "
+                         f"{save_alone}") from None
     except Exception as err:  # noqa: BLE001 - whatever the file holds, it is refused
-        lines = str(err).splitlines() or [""]
-        why = next((s.strip() for s in lines if "Unsupported" in s),
-                   f"{type(err).__name__}: {lines[0]}").split(". Please")[0]  # not its advice
-        raise ModelError(f"{path}: refused, not a plain state dict of tensors "
-                         f"(torch.load(weights_only=True) says: {why}); save the weights alone "
-                         "with torch.save(model.state_dict(), path), or as .safetensors") from None
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ModelError(f"{path}: not a readable .pth state dict ({type(err).__name__}: "
+                         f"{first}); {save_alone}") from None
     return _as_state_dict(obj, path), path
+
+
+def _is_pickle(path: Path) -> bool:
+    """A torch.save archive (a zip file) or a pickle (protocol 2 and up start with 0x80)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
 
 
 def _as_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -265,6 +291,56 @@ def _stay_in_eval(module: nn.Module, args: object) -> None:
     module.train(False)
 
 
+# -- what --init and --freeze-until did -----------------------------------------------------
+
+@dataclass(frozen=True)
+class TransferReport:
+    """What :func:`apply_transfer` did: the weights loaded, the layers frozen, and how many of
+    the model's parameters are left to train; :meth:`summary` says it in one line."""
+
+    init: str | None                 # the --init source asked for
+    loaded: LoadReport | None        # None: nothing loaded (no --init, or resumed)
+    layer: str | None                # the --freeze-until layer asked for
+    frozen: FrozenLayers | None
+    trainable: int                   # parameters (numbers) that train
+    total: int
+
+    def summary(self) -> str:
+        parts = []
+        if self.loaded is not None:
+            done = self.loaded
+            head = (f"output layer replaced (the file's {_first(done.skipped)} are for another "
+                    "class count)" if done.skipped else "output layer loaded too")
+            parts.append(f"--init {done.source}: {len(done.loaded)} tensors loaded, {head}")
+        elif self.init:
+            parts.append(f"--init {self.init}: not loaded again, the checkpoint holds the "
+                         "weights")
+        if self.frozen is not None:
+            layers = list(dict.fromkeys(n.rpartition(".")[0] or n for n in self.frozen.frozen))
+            span = layers[0] if len(layers) == 1 else f"{layers[0]} to {layers[-1]}"
+            norms = (f", {len(self.frozen.norm_layers)} batch-norm layers on running "
+                     "statistics" if self.frozen.norm_layers else "")
+            parts.append(f"--freeze-until {self.layer}: {len(layers)} layers frozen "
+                         f"({span}){norms}")
+        parts.append(f"{self.trainable:,} of {self.total:,} parameters train")
+        return "; ".join(parts)
+
+
+def apply_transfer(model: nn.Module, init: str | None = None, layer: str | None = None, *,
+                   resumed: bool = False) -> TransferReport | None:
+    """The trainer's ``--init`` (:func:`load_pretrained`; not when ``resumed``: the
+    checkpoint holds the weights) and ``--freeze-until`` (:func:`freeze_until`); None when
+    neither is asked for."""
+    if not init and not layer:
+        return None
+    loaded = load_pretrained(model, init) if init and not resumed else None
+    frozen = freeze_until(model, layer) if layer else None
+    params = list(model.parameters())
+    return TransferReport(init, loaded, layer, frozen,
+                          sum(p.numel() for p in params if p.requires_grad),
+                          sum(p.numel() for p in params))
+
+
 def _find_layer(model: nn.Module, name: str) -> nn.Module:
     """``model.layer(name)`` for cnnlab models (their clear error), else a module path."""
     by_name = getattr(model, "layer", None)
@@ -309,6 +385,10 @@ def extract_features(model: nn.Module, dataset: ImageDataset, layer: str = "fc7"
         raise CnnlabError(f"batch_size must be a positive int, got {batch_size!r}")
     if len(dataset) == 0:
         raise CnnlabError(f"no images to take features of ({dataset!r})")
+    labels = dataset.labels
+    if not isinstance(labels, torch.Tensor):
+        raise ShapeError(f"{dataset.name}'s targets are lists of tensors, but a features file "
+                         "holds one label per image; take the features of a labelled data set")
     device = device_of(model)
     normalize = normalizer(dataset.mean if mean is None else mean,
                            dataset.std if std is None else std, device)
@@ -329,7 +409,7 @@ def extract_features(model: nn.Module, dataset: ImageDataset, layer: str = "fc7"
         model.train(was_training)
         if hook is not None:
             hook.close()
-    return torch.cat(chunks), dataset.labels.clone()
+    return torch.cat(chunks), labels.clone()
 
 
 def _penultimate(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -402,9 +482,21 @@ def save_features(path: str | os.PathLike[str], features: torch.Tensor, labels: 
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     tensors = {"features": features.detach().cpu().contiguous(),
                "labels": labels.detach().cpu().contiguous()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise storage_error(f"cannot create the folder {str(out.parent)!r}", err) from None
+    write_safetensors(out, tensors, meta)
     return out
+
+
+def features_path(run_dir: str | os.PathLike[str], split: str, layer: str,
+                  data: str | None = None, pool: Pool = "flatten") -> Path:
+    """Where ``cnnlab features`` writes by default: inside the run folder,
+    ``RUN/features-[DATA-]SPLIT-LAYER[-avg].safetensors`` (DATA when not the run's own)."""
+    parts = ["features", *([data] if data else []), split, layer, *(["avg"] if pool == "avg"
+                                                                    else [])]
+    return Path(run_dir) / ("-".join(parts).replace(os.sep, "_") + ".safetensors")
 
 
 def load_features(path: str | os.PathLike[str]
