@@ -163,3 +163,41 @@ def test_members_that_cannot_be_averaged_are_refused(runs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "run folder" in err and "missing" in err and "does not exist" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_single_run_reports_what_its_row_in_an_ensemble_reports(runs, capsys):
+    """One evaluator: `cnnlab eval RUN` is an ensemble of one, so its figures are RUN's row
+    among others to the last bit."""
+    a, b = map(str, runs)
+    assert main(["eval", a, "--json", "--quiet"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert main(["eval", a, b, "--json", "--quiet"]) == 0
+    row = json.loads(capsys.readouterr().out)["members"][0]
+    for key in ("top1", "top5", "error", "loss", "n"):
+        assert alone[key] == row[key], key
+    one = evaluate_ensemble([a])
+    assert one["ensemble"] == {"members": 1, **{k: one["members"][0][k] for k in
+                                               ("top1", "top5", "error", "loss", "n")}}
+
+
+def test_the_logged_test_figures_are_what_eval_reports(tmp_path):
+    """The epoch's test pass and `cnnlab eval` are one evaluator: the same loss (the mean
+    negative log-probability of the right class) and accuracy for the same model and data;
+    for LeNet-5's RBF output that loss is its MAP criterion."""
+    for name in ("lenet5_modern", "lenet5"):
+        out = tmp_path / name
+        cfg = TrainConfig(name, epochs=1, lr=0.01, batch_size=64, out=str(out), device="cpu",
+                          tensorboard=False, plots=False)
+        result = train(cfg, progress=False)
+        again = evaluate_run(out)
+        assert again["n"] == 360 and again["top1"] == result["test_top1"]
+        assert again["loss"] == pytest.approx(result["test_loss"], rel=1e-6)
+    from cnnlab.nn.lenet import rbf_map_loss
+
+    model, _ = load_run(out)
+    ds = load("digits", "test", size=32)
+    meta = read_metadata(out / "model.safetensors")
+    x = (ds.images - meta["mean"][0]) / meta["std"][0]
+    with torch.no_grad():
+        criterion = rbf_map_loss(model(x), ds.labels, model.rbf_j).item()
+    assert result["test_loss"] == pytest.approx(criterion, rel=1e-5)
