@@ -169,24 +169,20 @@ examples:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from cnnlab.train import evaluate_run
     from cnnlab.train.ensemble import evaluate_ensemble
 
-    if len(args.runs) == 1 and args.tta == "none":
-        metrics = evaluate_run(args.runs[0], data=args.data, data_dir=args.data_dir,
-                               split=args.split, batch_size=args.batch_size)
-        if args.json:
-            print(json.dumps(metrics, indent=2))
-        else:
-            print(f"{metrics['data']} {metrics['split']}: top-1 accuracy "
-                  f"{100 * metrics['top1']:.2f}% (error {100 * (1 - metrics['top1']):.2f}%), "
-                  f"top-5 {100 * metrics['top5']:.2f}%, loss {metrics['loss']:.4f} on "
-                  f"{metrics['n']:,} images")
-        return 0
+    # one path: a single run is an ensemble of one, its row what it reports alone
     result = evaluate_ensemble(args.runs, data=args.data, data_dir=args.data_dir,
                                split=args.split, batch_size=args.batch_size, tta=args.tta,
                                crop_padding=args.crop_padding, progress=not args.quiet)
     _warn_mirrors(result["data"], args.tta)
+    if len(args.runs) == 1 and args.tta == "none":
+        m = {**result["members"][0], "data": result["data"], "split": result["split"]}
+        print(json.dumps(m, indent=2) if args.json else
+              f"{m['data']} {m['split']}: top-1 accuracy {100 * m['top1']:.2f}% (error "
+              f"{100 * m['error']:.2f}%), top-5 {100 * m['top5']:.2f}%, loss {m['loss']:.4f} on "
+              f"{m['n']:,} images")
+        return 0
     print(json.dumps(result, indent=2) if args.json else _ensemble_table(result))
     return 0
 
