@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import cnnlab.nn as cnn
-from cnnlab.errors import SpecError
+from cnnlab.errors import ModelError, SpecError
+from cnnlab.nn import Classifier
 from cnnlab.spec import SoftmaxOutput, SpecNet, build, parse, to_spec
 
 HEAD = " FC4096 FC4096 FC1000 S"
@@ -245,6 +246,19 @@ def test_specnet_interface():
     assert gap.forward_features(torch.zeros(1, 3, 8, 8)).shape == (1, 8, 8, 8)
     with pytest.raises(SpecError, match="no fully connected output layer"):
         build("C3D8", (3, 8, 8)).reset_classifier(3)
+
+
+def test_specnet_is_a_classifier_with_the_notations_names():
+    net = build("C3D8 M FC16 FC", (3, 8, 8), num_classes=5)
+    assert isinstance(net, Classifier) and net.default_input_shape == (3, 8, 8)
+    assert net.layer("fc2") is net.fc2 and net.chapter_layers["pool1"] == "pool1"
+    assert net.name_layers({"fc7": "fc2"}) is net and net.layer("fc7") is net.fc2
+    with pytest.raises(SpecError, match=r"cannot name layer 'fc9' 'fc8': this network has no "
+                                        r"layer 'fc9'; its layers are conv1, relu1, pool1"):
+        net.name_layers({"fc8": "fc9"})
+    with pytest.raises(ModelError, match=r"SpecNet has no layer 'fc99': did you mean"):
+        net.layer("fc99")
+    assert build("C3D8", (3, 8, 8)).num_classes is None
 
 
 # ------------------------------------------------------------------------------- errors

@@ -3,8 +3,8 @@ builds, its state_dict in order (name, shape, parameter or buffer) and its param
 
 Run once, in a throwaway environment that has torchvision (cnnlab does not depend on it):
 
-    python3 -m venv /tmp/tvenv && /tmp/tvenv/bin/pip install torch==2.14.1 torchvision==0.29.1
-    /tmp/tvenv/bin/python tools/make_torchvision_fixture.py
+    python3 -m venv /tmp/tvvenv && /tmp/tvvenv/bin/pip install torch==2.14.1 torchvision==0.29.1
+    /tmp/tvvenv/bin/python tools/make_torchvision_fixture.py
 
 Models are built with ``weights=None`` on the meta device, so nothing is allocated or
 downloaded. The tests compare cnnlab's torchvision-layout models against this file.
@@ -28,8 +28,8 @@ MODELS: dict[str, dict[str, Any]] = {
     # torchvision's GoogLeNet without the auxiliary heads is the 6,624,904-parameter model
     "googlenet": {"aux_logits": False, "init_weights": False},
     **{f"resnet{d}": {} for d in (18, 34, 50, 101, 152)},
-    "wide_resnet50_2": {},
-    "resnext50_32x4d": {},
+    **{name: {} for name in ("wide_resnet50_2", "wide_resnet101_2", "resnext50_32x4d",
+                             "resnext101_32x8d", "resnext101_64x4d")},
     **{f"densenet{d}": {} for d in (121, 169, 201)},
 }
 

@@ -32,5 +32,9 @@ class ModelError(CnnlabError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class RegistryError(ModelError, ValueError):
+    """A model registered under a name that is taken, or with a builder create() cannot check."""
+
+
 class ConfigError(CnnlabError, ValueError):
     """A training setting that is unknown, out of range or in conflict with another."""

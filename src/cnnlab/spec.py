@@ -265,43 +265,48 @@ _MAXPOOL = {1: cnn.MaxPool1d, 2: cnn.MaxPool2d, 3: cnn.MaxPool3d}
 _AVGPOOL = {1: cnn.AvgPool1d, 2: cnn.AvgPool2d, 3: cnn.AvgPool3d}
 
 
-class SpecNet(nn.Sequential):
+class SpecNet(cnn.Classifier, nn.Sequential):
     """A network built from the notation: an ``nn.Sequential`` with the chapter's layer names
-    (``conv1``, ``relu1``, ``pool1``, ..., ``flatten``, ``fc6``, ``softmax``) and the common
-    model interface (``forward_features``, ``forward_head``, ``reset_classifier``).
+    (``conv1``, ``relu1``, ``pool1``, ..., ``flatten``, ``fc6``, ``softmax``) and the model
+    interface of every cnnlab model (:class:`cnnlab.nn.Classifier`): ``forward_features`` runs
+    up to the last spatial volume, ``forward_head`` from there, ``reset_classifier`` replaces
+    the last FC, and ``layer(name)`` finds a layer by its notation name or by an alias that
+    :meth:`name_layers` adds (VGG's ``conv3_1``).
 
     >>> net = build("C11D96s4p2 LRN M3s2 C5D256 LRN M3s2 C3D384 C3D384 C3D256 M3s2 "
     ...             "FC4096 FC4096 FC1000 S", (3, 224, 224))
-    >>> net.fc7
-    Linear(in_features=4096, out_features=4096, bias=True)
+    >>> net.fc7 is net.layer("fc7")
+    True
     """
 
-    def __init__(self, layers: OrderedDict[str, nn.Module], input_shape: tuple[int, ...]) -> None:
-        super().__init__(layers)
-        self.input_shape = tuple(input_shape)
+    def __init__(self, layers: Mapping[str, nn.Module], input_shape: Sequence[int]) -> None:
+        super().__init__(OrderedDict(layers))
+        self.default_input_shape = tuple(input_shape)    # the size the network was built for
+        self.chapter_layers = {name: name for name in self._modules}
+        fcs = [m for m in self if isinstance(m, nn.Linear)]
+        self.num_classes = fcs[-1].out_features if fcs else None   # the last FC's units
 
-    def __getitem__(self, idx: int | slice) -> nn.Module:  # type: ignore[override]
+    def __getitem__(self, idx: int | slice) -> nn.Module:
         if isinstance(idx, slice):  # a slice is a plain Sequential: it has no input shape
             return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
         return super().__getitem__(idx)
 
-    @property
-    def default_input_shape(self) -> tuple[int, ...]:
-        """The input shape (C, *spatial) the network was built for."""
-        return self.input_shape
+    def name_layers(self, aliases: Mapping[str, str]) -> SpecNet:
+        """Add chapter names for layers, ``{alias: notation name}`` (``{"fc6": "fc9"}``)."""
+        for alias, name in aliases.items():
+            if name not in self._modules:
+                raise SpecError(f"cannot name layer {name!r} {alias!r}: this network has no "
+                                f"layer {name!r}; its layers are {', '.join(self._modules)}")
+            self.chapter_layers[alias] = name
+        return self
 
     @property
     def spec(self) -> str:
         """The canonical text of the network as it is now (see :func:`to_spec`)."""
         return to_spec(self)
 
-    @property
-    def num_classes(self) -> int | None:
-        """Units of the output layer (the last FC), or None without one."""
-        fcs = [m for m in self if isinstance(m, nn.Linear)]
-        return fcs[-1].out_features if fcs else None
-
     def _head_start(self) -> int:
+        """Index of the first layer after the last spatial volume (GAP, the flattening or an FC)."""
         for i, m in enumerate(self):
             if isinstance(m, (nn.Flatten, cnn.GlobalAvgPool, nn.Linear)):
                 return i
@@ -330,11 +335,10 @@ class SpecNet(nn.Sequential):
         if not names:
             raise SpecError(f"this network ({self.spec}) has no fully connected output layer to "
                             "replace; end its spec with F or FC<units>")
-        if not isinstance(num_classes, int) or num_classes < 1:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise SpecError(f"num_classes must be a positive int, got {num_classes!r}")
-        old = getattr(self, names[-1])
-        setattr(self, names[-1], cnn.Linear(old.in_features, num_classes).to(
-            device=old.weight.device, dtype=old.weight.dtype))
+        setattr(self, names[-1], cnn.fresh_linear(getattr(self, names[-1]), num_classes))
+        self.num_classes = num_classes
 
 
 @dataclass(frozen=True)

@@ -154,7 +154,7 @@ def test_vgg_c_and_a_lrn():
     # C is D with the last conv of stages 3-5 as 1x1: 8 fewer taps per filter
     assert count(meta("vgg_c")) == d - 8 * 256 * 256 - 2 * 8 * 512 * 512 == 133_638_952
     assert count(meta("vgg_a_lrn")) == count(meta("vgg_a"))      # LRN has no parameters
-    kinds = [type(m).__name__ for m in meta("vgg_a_lrn").features][:4]
+    kinds = [type(m).__name__ for m in meta("vgg_a_lrn")][:4]    # one module per token
     assert kinds == ["Conv2d", "ReLU", "LRN", "MaxPool2d"]
 
 
@@ -175,8 +175,8 @@ def test_vgg_d_parameters_sit_in_fc6_and_activations_in_the_early_layers():
 
 @pytest.mark.parametrize("name, fc7", [("alexnet", "classifier.4"), ("vgg16", "classifier.3"),
                                        ("vgg16_bn", "classifier.3"), ("alexnet_one_tower",
-                                                                      "head.fc7"),
-                                       ("zfnet", "head.fc7"), ("vgg_a", "head.fc10")])
+                                                                      "fc7"),
+                                       ("zfnet", "fc7"), ("vgg_a", "fc10")])
 def test_fc7_is_the_penultimate_layer_whatever_the_path(name, fc7):
     model = meta(name)
     assert model.layer("fc7") is model.get_submodule(fc7)
@@ -188,8 +188,8 @@ def test_vgg_stage_names():
     assert tv.layer("conv5_3") is tv.features[28] and tv.layer("conv13") is tv.features[28]
     assert tv.chapter_layers["conv5_3"] == "features.28"
     assert bn.chapter_layers["conv5_3"] == "features.40"
-    assert chapter.chapter_layers["conv5_3"] == "features.conv13"
-    assert chapter.layer("pool5") is chapter.features.pool5
+    assert chapter.chapter_layers["conv5_3"] == "conv13"
+    assert chapter.layer("pool5") is chapter.pool5
 
 
 @pytest.mark.parametrize("name, shape", [("alexnet", (3, 64, 64)), ("alexnet_cifar", None),

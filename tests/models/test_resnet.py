@@ -15,7 +15,8 @@ FIXTURE = json.loads((Path(__file__).parents[1] / "fixtures" / "torchvision_mode
                      .read_text())["models"]
 PUBLISHED = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
              "resnet101": 44_549_160, "resnet152": 60_192_808, "wide_resnet50_2": 68_883_240,
-             "resnext50_32x4d": 25_028_904}
+             "resnext50_32x4d": 25_028_904, "resnext101_32x8d": 88_791_336,
+             "resnext101_64x4d": 83_455_272, "wide_resnet101_2": 126_886_696}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -160,3 +161,44 @@ def test_bad_arguments():
         ResNet(BasicBlock, [2, 2, 2])
     with pytest.raises(ModelError, match="basic unit has no groups"):
         ResNet(BasicBlock, [1, 1, 1, 1], groups=32, width_per_group=4)
+
+
+def test_the_new_resnext_and_wide_bottlenecks():
+    wide, r32, r64 = meta("wide_resnet101_2"), meta("resnext101_32x8d"), meta("resnext101_64x4d")
+    assert [len(wide.layer(f"conv{i}_x")) for i in range(2, 6)] == [3, 4, 23, 3]
+    assert wide.layer("conv2_x")[0].conv2.weight.shape == (128, 128, 3, 3)   # 2 x 64
+    assert r32.layer("conv2_x")[0].conv2.weight.shape == (256, 8, 3, 3)     # 32 groups of 8
+    assert r64.layer("conv2_x")[0].conv2.weight.shape == (256, 4, 3, 3)     # 64 groups of 4
+    assert r64.layer("conv5_x")[0].conv2.groups == 64
+
+
+def test_norm_layer_is_an_argument():
+    model = meta("resnet50", norm_layer=lambda c: nn.GroupNorm(32, c))
+    norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    assert len(norms) == 1 + 3 * 16 + 4 and not any(isinstance(m, nn.BatchNorm2d)
+                                                    for m in model.modules())
+    assert model.layer("conv3_x")[0].downsample[1] in norms          # the projection's too
+    torch.manual_seed(0)
+    net = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=3, norm_layer=lambda c: nn.GroupNorm(4, c),
+                 zero_init_residual=True)
+    assert all(torch.all(u.bn2.weight == 0) for u in net.units())
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    with pytest.raises(ModelError, match="norm_layer makes a normalisation layer.*got norm_layer=4"):
+        ResNet(BasicBlock, [1, 1, 1, 1], norm_layer=4)
+
+
+def test_stochastic_depth_on_the_imagenet_resnets():
+    model = meta("resnet50", stochastic_depth=0.5)
+    survival = [u.survival for u in model.units()]
+    assert len(survival) == 16 and survival[-1] == 0.5
+    assert survival == [1 - i / 16 * 0.5 for i in range(1, 17)] and model.stochastic_paths
+    assert not meta("resnet50").stochastic_paths
+    assert all(u.survival == 1.0 for u in meta("resnet50").units())
+    torch.manual_seed(0)
+    net = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=3, stochastic_depth=0.5,
+                 stochastic_depth_mode="row").eval()
+    assert net.units()[-1].drop_mode == "row"
+    x = torch.randn(2, 3, 32, 32)
+    assert net(x).shape == (2, 3)
+    with pytest.raises(ModelError, match=r"stochastic_depth=1.5"):
+        models.create("resnet18", stochastic_depth=1.5)

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from cnnlab import models, ops
-from cnnlab.errors import ModelError
+from cnnlab.errors import CnnlabError, ModelError, RegistryError
 from cnnlab.inspect import summarize
+from cnnlab.models.lenet import LeNet5
 
 
 def _cheap(name):
@@ -122,8 +123,51 @@ def test_bad_num_classes(bad):
 
 
 def test_duplicate_registration_is_refused():
-    with pytest.raises(ValueError, match="already registered"):
-        models.register("lenet5", input_shape=(1, 32, 32), section="8.2.7")(lambda **kw: None)
+    with pytest.raises(ValueError, match="already registered") as err:
+        models.register("lenet5", section="8.2.7")(lambda num_classes=10, in_channels=1: None)
+    assert isinstance(err.value, CnnlabError)
+    assert models.info("lenet5").builder is LeNet5
+
+
+def test_a_builder_must_name_its_arguments():
+    with pytest.raises(RegistryError, match=r"the builder of 'lenet_x' takes \*args or \*\*kwargs"):
+        models.register("lenet_x", section="8.2.7")(lambda **kw: LeNet5(**kw))
+    assert "lenet_x" not in models.names()
+
+
+@pytest.mark.parametrize("name, key, match", [
+    ("vgg16", "drop", (r"vgg16 has no argument 'drop': did you mean dropout\? it takes dropout "
+                      r"\(besides num_classes and in_channels\)")),
+    ("vgg16", "batch_norm", r"vgg16 has no argument 'batch_norm': it takes dropout"),  # vgg16_bn's
+    ("resnet50", "norm", (r"resnet50 has no argument 'norm': did you mean norm_layer\? it takes "
+                         r"zero_init_residual, norm_layer, stochastic_depth, stochastic_depth_mode")),
+    ("lenet5", "dropout", r"lenet5 has no argument 'dropout': it takes rbf_j \(besides"),
+])
+def test_create_checks_keyword_arguments_against_the_builder(name, key, match):
+    with pytest.raises(ModelError, match=match):
+        models.create(name, **{key: 0.1})
+
+
+def test_bad_values_for_named_arguments_are_cnnlab_errors():
+    with torch.device("meta"), pytest.raises(ModelError, match=r"dropout is the probability of "
+                                                               r"dropping a unit, in \[0, 1\].*"
+                                                               r"got dropout=1.5"):
+        models.create("vgg16", dropout=1.5)
+    with pytest.raises(ModelError, match="in_channels must be a positive int, got 0"):
+        models.create("lenet5", in_channels=0)
+    with torch.device("meta"):      # norm_layer is an argument of every ImageNet ResNet
+        model = models.create("resnet50", norm_layer=lambda c: torch.nn.GroupNorm(32, c))
+    assert isinstance(model.bn1, torch.nn.GroupNorm)
+
+
+def test_the_input_shape_is_read_from_the_model_without_touching_the_generator():
+    entry = models.ModelInfo("grey_vgg", lambda num_classes=10, in_channels=1: models.create(
+        "vgg_cifar", num_classes=num_classes, in_channels=in_channels), "8.4.3", "", {})
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    assert entry.input_shape == (1, 32, 32)             # built once, at its defaults, on meta
+    assert torch.equal(torch.rand(3), expected)
 
 
 @pytest.mark.parametrize("name", models.names())

@@ -7,8 +7,8 @@ imports every family module, which registers its models.
 import importlib
 import pkgutil
 
-from cnnlab.models._base import Classifier
 from cnnlab.models._registry import ModelInfo, create, default_classes, info, names, register
+from cnnlab.nn.classifier import Classifier
 
 # every public module of this package is a family: a new file registers itself
 FAMILIES = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))

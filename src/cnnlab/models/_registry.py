@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
+import torch
 
-from cnnlab.errors import ModelError
+from cnnlab.errors import ModelError, RegistryError
+from cnnlab.nn.classifier import Classifier, check_num_classes
+
+Builder = Callable[..., Classifier]
 
 
 @dataclass(frozen=True)
@@ -17,31 +22,59 @@ class ModelInfo:
     """What the registry knows about a model without building it."""
 
     name: str
-    builder: Callable[..., nn.Module]
-    input_shape: tuple[int, int, int]   # default (C, H, W)
+    builder: Builder
     section: str                        # the chapter section it comes from
     summary: str                        # one line for `cnnlab models`
     recipe: dict[str, Any]              # training settings that suit it (TrainConfig fields)
+
+    @functools.cached_property
+    def input_shape(self) -> tuple[int, ...]:
+        """The default (C, H, W), read from the model itself: built once at its defaults, on
+        the meta device (shapes only, nothing allocated or drawn from the random generator)."""
+        with torch.device("meta"):
+            return tuple(self.builder().default_input_shape)
+
+    def arguments(self) -> list[str]:
+        """The keyword arguments the builder takes."""
+        return [p.name for p in inspect.signature(self.builder).parameters.values()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 _MODELS: dict[str, ModelInfo] = {}
 
 
-def register(name: str, *, input_shape: tuple[int, int, int], section: str,
-             recipe: dict[str, Any] | None = None
-             ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def preset(builder: Builder, *args: Any, **fixed: Any) -> Builder:
+    """``builder`` with its first arguments given (``args``) and some fixed by name, as one
+    row of a table registers it: ``preset(ResNet, Bottleneck, [3, 4, 6, 3], groups=32,
+    width_per_group=4)``. Its signature, and so what :func:`create` accepts, is the rest."""
+    row = functools.partial(builder, *args, **fixed)
+    rest = inspect.signature(row).parameters.values()
+    row.__signature__ = inspect.Signature(  # type: ignore[attr-defined]  # read by inspect
+        [p for p in rest if p.name not in fixed])
+    return row
+
+
+def register(name: str, *, section: str, recipe: dict[str, Any] | None = None,
+             summary: str | None = None) -> Callable[[Builder], Builder]:
     """Record ``builder`` under ``name``; a second model with the same name is refused.
 
-    ``recipe`` holds the training settings (TrainConfig fields) that the trainer uses for
-    this model unless the user sets them.
+    ``summary`` is the line `cnnlab models` shows (default: the first line of the builder's
+    docstring). ``recipe`` holds the training settings (TrainConfig fields) that the trainer
+    uses for this model unless the user sets them. The builder names every argument it takes
+    (no ``**kwargs``), so that :func:`create` can check what it is given.
     """
 
-    def record(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    def record(builder: Builder) -> Builder:
         if name in _MODELS:
-            raise ValueError(f"model name {name!r} is already registered")
+            raise RegistryError(f"model name {name!r} is already registered; give the new "
+                                "model another name")
+        if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+               for p in inspect.signature(builder).parameters.values()):
+            raise RegistryError(f"the builder of {name!r} takes *args or **kwargs; name its "
+                                "arguments, so that create() can check them")
         doc = (builder.__doc__ or "").strip().splitlines()
-        _MODELS[name] = ModelInfo(name, builder, input_shape, section, doc[0] if doc else "",
-                                  dict(recipe or {}))
+        line = summary if summary is not None else doc[0] if doc else ""
+        _MODELS[name] = ModelInfo(name, builder, section, line, dict(recipe or {}))
         return builder
 
     return record
@@ -69,19 +102,29 @@ def default_classes(input_shape: tuple[int, ...] | list[int]) -> int:
 
 
 def create(name: str, num_classes: int | None = None, in_channels: int | None = None,
-           **kwargs: Any) -> nn.Module:
+           **kwargs: Any) -> Classifier:
     """Build a registered model: ``create("lenet5", num_classes=10)``.
 
-    ``num_classes`` defaults to 1000 for ImageNet models (``create("resnet50")`` is
-    torchvision's resnet50) and 10 for the small-image ones; ``in_channels`` to the model's
-    own (1 for LeNet-5, 3 for ImageNet models).
+    ``num_classes`` and ``in_channels`` default to the builder's own: 1000 classes for
+    ImageNet models (``create("resnet50")`` is torchvision's resnet50; see
+    :func:`default_classes`) and 10 for the small-image ones, 1 channel for LeNet-5 and 3 for
+    the others. Other keyword arguments go to the builder, which must take them: an unknown
+    one is refused with the near matches.
     """
     entry = info(name)
-    if num_classes is None:
-        num_classes = default_classes(entry.input_shape)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ModelError(f"num_classes must be a positive int, got {num_classes!r}")
-    channels = entry.input_shape[0] if in_channels is None else in_channels
-    if not isinstance(channels, int) or channels < 1:
-        raise ModelError(f"in_channels must be a positive int, got {in_channels!r}")
-    return entry.builder(num_classes=num_classes, in_channels=channels, **kwargs)
+    accepted = entry.arguments()
+    for key in kwargs:
+        if key not in accepted:
+            options = [a for a in accepted if a not in ("num_classes", "in_channels")]
+            close = difflib.get_close_matches(key, options, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            takes = f"it takes {', '.join(options)}" if options else "it takes no other argument"
+            raise ModelError(f"{name} has no argument {key!r}: {hint}{takes} (besides "
+                             "num_classes and in_channels)")
+    if num_classes is not None:
+        kwargs["num_classes"] = check_num_classes(num_classes)
+    if in_channels is not None:
+        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+            raise ModelError(f"in_channels must be a positive int, got {in_channels!r}")
+        kwargs["in_channels"] = in_channels
+    return entry.builder(**kwargs)

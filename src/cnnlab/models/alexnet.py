@@ -34,7 +34,7 @@ needs the papers' long schedules to get going.
 
 from __future__ import annotations
 
-from typing import ClassVar
+import functools
 
 import torch
 from torch import nn
@@ -42,9 +42,10 @@ from torch import nn
 from cnnlab import nn as cnn
 from cnnlab import ops
 from cnnlab.errors import ModelError
-from cnnlab.models._base import Classifier
 from cnnlab.models._registry import register
-from cnnlab.models._spec import SpecClassifier, fresh_linear
+from cnnlab.nn.classifier import Classifier
+from cnnlab.nn.layers import check_dropout
+from cnnlab.spec import SpecNet, build
 
 
 class TowerLRN(nn.Module):
@@ -65,30 +66,48 @@ class TowerLRN(nn.Module):
                 f"k={self.k}")
 
 
-def _per_tower_lrn(model: SpecClassifier, towers: int) -> SpecClassifier:
+def _per_tower_lrn(model: SpecNet, towers: int) -> SpecNet:
     """Replace each LRN by one that normalises within each tower (the two-GPU AlexNet)."""
-    for name, m in list(model.features.named_children()):
+    for name, m in list(model.named_children()):
         if isinstance(m, cnn.LRN):
-            setattr(model.features, name, TowerLRN(towers, m.size, m.alpha, m.beta, m.k))
+            setattr(model, name, TowerLRN(towers, m.size, m.alpha, m.beta, m.k))
     return model
 
 
-class AlexNet(Classifier):
+class TorchvisionLayout(Classifier):
+    """torchvision's layout of AlexNet and VGG: ``features`` (the spatial layers), ``avgpool``
+    (adaptive, the identity at 224x224), ``classifier`` (FC6, FC7 and the output FC8 at
+    ``classifier.6``, with their ReLUs and dropouts)."""
+
+    output_layer = "classifier.6"
+    features: nn.Sequential
+    avgpool: nn.Module
+    classifier: nn.Sequential
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        y: torch.Tensor = self.features(x)
+        return y
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.avgpool(x), 1)
+        y: torch.Tensor = self.classifier[:-1](x) if pre_logits else self.classifier(x)
+        return y
+
+
+class AlexNet(TorchvisionLayout):
     """AlexNet in torchvision's layout ("One weird trick", Krizhevsky 2014): 64-192-384-256-256
     filters, no LRN, dropout before FC6 and FC7. Same names and shapes as
     ``torchvision.models.alexnet``, so ``load_state_dict`` takes its published weights."""
-
-    default_input_shape = (3, 224, 224)
-    chapter_layers: ClassVar[dict[str, str]] = {
-        "conv1": "features.0", "pool1": "features.2", "conv2": "features.3",
-        "pool2": "features.5", "conv3": "features.6", "conv4": "features.8",
-        "conv5": "features.10", "pool3": "features.12",
-        "fc6": "classifier.1", "fc7": "classifier.4", "fc8": "classifier.6"}  # not the index
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> None:
         super().__init__()
         self.default_input_shape = (in_channels, 224, 224)
         self.num_classes = num_classes
+        self.chapter_layers = {
+            "conv1": "features.0", "pool1": "features.2", "conv2": "features.3",
+            "pool2": "features.5", "conv3": "features.6", "conv4": "features.8",
+            "conv5": "features.10", "pool3": "features.12",
+            "fc6": "classifier.1", "fc7": "classifier.4", "fc8": "classifier.6"}  # not the index
         self.features = nn.Sequential(
             cnn.Conv2d(in_channels, 64, 11, stride=4, padding=2), cnn.ReLU(),  # 55x55x64
             cnn.MaxPool2d(3, 2),                                               # 27x27x64
@@ -106,20 +125,15 @@ class AlexNet(Classifier):
             cnn.Linear(4096, num_classes),                                     # fc8
         )
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(x), 1)
-        return self.classifier[:-1](x) if pre_logits else self.classifier(x)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.classifier[-1] = fresh_linear(self.classifier[-1], num_classes)
-        self.num_classes = num_classes
+def fc_head(units: int, dropout: float = 0.5) -> str:
+    """Fig. 8.9's head in the notation, as AlexNet, ZFNet and VGG share it: two hidden FCs of
+    ``units`` each followed by dropout (the papers': 0.5), then the output FC and S."""
+    p = check_dropout(dropout)
+    return f"FC{units} DROP{p!r} FC{units} DROP{p!r} FC S"
 
 
-# Table 8.1 in the notation; the FCs are Fig. 8.9's, with the papers' dropout.
-_HEAD = "FC4096 DROP FC4096 DROP FC S"
+# Table 8.1 in the notation, each column followed by fc_head(4096).
 TABLE_8_1 = {
     "alexnet_one_tower": "C11D96s4p2 LRN M3s2 C5D256 LRN M3s2 C3D384 C3D384 C3D256 M3s2",
     "alexnet_two_tower": "C11D96s4p2 LRN M3s2 C5D256g2 LRN M3s2 C3D384 C3D384g2 C3D256g2 M3s2",
@@ -130,11 +144,10 @@ TABLE_8_1 = {
 }
 
 # 32x32 (CIFAR): the same layers and filter counts; the first layers' filters and strides shrink
-# so the volumes stay meaningful, and FC6/FC7 have 1024 units.
+# so the volumes stay meaningful, and FC6/FC7 have 1024 units (fc_head(1024)).
 #   AlexNet: 32x32x96, pool 15x15, 15x15x256, pool 7x7, 7x7x384, 7x7x384, 7x7x256, pool 3x3x256
 #   ZFNet:   32x32x96, pool 16x16, 8x8x256 (stride 2), pool 4x4, 4x4x512, 4x4x1024, 4x4x512,
 #            pool 2x2x512
-_CIFAR_HEAD = "FC1024 DROP FC1024 DROP FC S"
 CIFAR = {
     "alexnet_one_tower": "C5D96 LRN M3s2 C5D256 LRN M3s2 C3D384 C3D384 C3D256 M3s2",
     "alexnet_two_tower": "C5D96 LRN M3s2 C5D256g2 LRN M3s2 C3D384 C3D384g2 C3D256g2 M3s2",
@@ -142,55 +155,50 @@ CIFAR = {
 }
 
 
-def _table_8_1(column: str, num_classes: int, in_channels: int, cifar: bool = False
-               ) -> SpecClassifier:
-    spec = f"{CIFAR[column]} {_CIFAR_HEAD}" if cifar else f"{TABLE_8_1[column]} {_HEAD}"
-    size = 32 if cifar else 224
-    model = SpecClassifier(spec, (in_channels, size, size), num_classes)
+def table_8_1(column: str, num_classes: int = 1000, in_channels: int = 3,
+              dropout: float = 0.5) -> SpecNet:
+    """A column of Table 8.1 at 224x224, with Fig. 8.9's head."""
+    return _network(TABLE_8_1, column, 224, 4096, num_classes, in_channels, dropout)
+
+
+def _network(table: dict[str, str], column: str, size: int, units: int, num_classes: int,
+             in_channels: int, dropout: float) -> SpecNet:
+    model = build(f"{table[column]} {fc_head(units, dropout)}", (in_channels, size, size),
+                  num_classes)
     return _per_tower_lrn(model, 2) if column == "alexnet_two_tower" else model
 
 
 _RECIPE = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 128}  # 8.4.1
 _CIFAR_RECIPE = {"lr": 0.05, "batch_size": 128}   # a starting point, not yet measured on CIFAR
 
-
-@register("alexnet_one_tower", input_shape=(3, 224, 224), section="8.4.1", recipe=_RECIPE)
-def alexnet_one_tower(num_classes: int = 1000, in_channels: int = 3) -> SpecClassifier:
-    """AlexNet as Fig. 8.9(a) and Table 8.1: one tower, LRN, overlapping pools, dropout"""
-    return _table_8_1("alexnet_one_tower", num_classes, in_channels)
-
-
-@register("alexnet_two_tower", input_shape=(3, 224, 224), section="8.4.1", recipe=_RECIPE)
-def alexnet_two_tower(num_classes: int = 1000, in_channels: int = 3) -> SpecClassifier:
-    """AlexNet as trained on two GPUs (Fig. 8.9(b)): conv2, conv4, conv5 grouped per GPU"""
-    return _table_8_1("alexnet_two_tower", num_classes, in_channels)
-
-
-@register("alexnet", input_shape=(3, 224, 224), section="8.4.1", recipe=_RECIPE)
-def alexnet(num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> AlexNet:
-    """AlexNet in torchvision's layout (64-192-384-256-256, no LRN); loads its weights"""
-    return AlexNet(num_classes, in_channels, dropout)
+# name: (section, summary) of each column of Table 8.1, registered as table_8_1(name, ...)
+COLUMNS = {
+    "alexnet_one_tower": ("8.4.1", ("AlexNet as Fig. 8.9(a) and Table 8.1: one tower, LRN, "
+                                   "overlapping pools, dropout")),
+    "alexnet_two_tower": ("8.4.1", ("AlexNet as trained on two GPUs (Fig. 8.9(b)): conv2, conv4, "
+                                   "conv5 grouped per GPU")),
+    "zfnet": ("8.4.2", "ZFNet as Table 8.1: 7x7/2 and 5x5/2 convolutions, 512-1024-512 filters"),
+}
+for _name, (_section, _summary) in COLUMNS.items():
+    register(_name, section=_section, recipe=_RECIPE, summary=_summary)(
+        functools.partial(table_8_1, _name))
+register("alexnet", section="8.4.1", recipe=_RECIPE,
+         summary="AlexNet in torchvision's layout (64-192-384-256-256, no LRN); loads its "
+                 "weights")(AlexNet)
 
 
-@register("alexnet_cifar", input_shape=(3, 32, 32), section="8.4.1",
-          recipe=_CIFAR_RECIPE)
-def alexnet_cifar(num_classes: int = 10, in_channels: int = 3, towers: int = 1) -> SpecClassifier:
+@register("alexnet_cifar", section="8.4.1", recipe=_CIFAR_RECIPE)
+def alexnet_cifar(num_classes: int = 10, in_channels: int = 3, towers: int = 1,
+                  dropout: float = 0.5) -> SpecNet:
     """AlexNet's layers for 32x32 images; towers=2 gives the two-GPU grouping"""
     if towers not in (1, 2):
         raise ModelError(f"AlexNet has one tower (Fig. 8.9(a)) or two (Fig. 8.9(b)); "
                          f"got towers={towers!r}")
     column = "alexnet_one_tower" if towers == 1 else "alexnet_two_tower"
-    return _table_8_1(column, num_classes, in_channels, cifar=True)
+    return _network(CIFAR, column, 32, 1024, num_classes, in_channels, dropout)
 
 
-@register("zfnet", input_shape=(3, 224, 224), section="8.4.2", recipe=_RECIPE)
-def zfnet(num_classes: int = 1000, in_channels: int = 3) -> SpecClassifier:
-    """ZFNet as Table 8.1: 7x7/2 and 5x5/2 convolutions, 512-1024-512 filters"""
-    return _table_8_1("zfnet", num_classes, in_channels)
-
-
-@register("zfnet_cifar", input_shape=(3, 32, 32), section="8.4.2",
-          recipe=_CIFAR_RECIPE)
-def zfnet_cifar(num_classes: int = 10, in_channels: int = 3) -> SpecClassifier:
+@register("zfnet_cifar", section="8.4.2", recipe=_CIFAR_RECIPE)
+def zfnet_cifar(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.5) -> SpecNet:
     """ZFNet's layers for 32x32 images"""
-    return _table_8_1("zfnet", num_classes, in_channels, cifar=True)
+    return _network(CIFAR, "zfnet", 32, 1024, num_classes, in_channels, dropout)

@@ -42,9 +42,8 @@ from torch import nn
 
 from cnnlab import nn as cnn
 from cnnlab.errors import ModelError
-from cnnlab.models._base import Classifier
-from cnnlab.models._registry import register
-from cnnlab.models._spec import fresh_linear
+from cnnlab.models._registry import preset, register
+from cnnlab.nn.classifier import Classifier
 
 Stem = Literal["imagenet", "cifar"]
 
@@ -127,6 +126,8 @@ class DenseNet(Classifier):
     torch.Size([1, 10])
     """
 
+    output_layer = "classifier"
+
     def __init__(self, growth_rate: int, block_config: tuple[int, ...], num_init_features: int,
                  bn_size: int | None = 4, compression: float = 0.5, dropout: float = 0.0,
                  num_classes: int = 1000, in_channels: int = 3, stem: Stem = "imagenet") -> None:
@@ -164,19 +165,16 @@ class DenseNet(Classifier):
         self.classifier = cnn.Linear(c, num_classes)
         names |= {f"norm{last}": f"features.norm{last}", "classifier": "classifier",
                   "fc": "classifier"}
-        self.chapter_layers = names  # type: ignore[misc]  # per instance: depends on the blocks
+        self.chapter_layers = names
         _init(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)                     # N x c x 7 x 7 at 224, N x c x 8 x 8 at 32
+        y: torch.Tensor = self.features(x)                     # N x c x 7 x 7 at 224, N x c x 8 x 8 at 32
+        return y
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.pool(x)
         return x if pre_logits else self.classifier(x)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.classifier = fresh_linear(self.classifier, num_classes)
-        self.num_classes = num_classes
 
 
 def _init(model: nn.Module) -> None:
@@ -198,11 +196,6 @@ IMAGENET = {
     169: (32, (6, 12, 32, 32), 64),
     201: (32, (6, 12, 48, 32), 64),
 }
-
-
-def _imagenet(depth: int, num_classes: int, in_channels: int, dropout: float) -> DenseNet:
-    growth_rate, blocks, stem_maps = IMAGENET[depth]
-    return DenseNet(growth_rate, blocks, stem_maps, 4, 0.5, dropout, num_classes, in_channels)
 
 
 def densenet_cifar(num_classes: int = 10, in_channels: int = 3, depth: int = 100,
@@ -246,60 +239,21 @@ _RECIPE = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 256}
 _CIFAR_RECIPE = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 64}
 
 
-@register("densenet121", input_shape=(3, 224, 224), section="8.4.5", recipe=_RECIPE)
-def densenet121(num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.0
-                ) -> DenseNet:
-    """DenseNet-121 (k=32, blocks of 6-12-24-16) in torchvision's layout; loads its weights"""
-    return _imagenet(121, num_classes, in_channels, dropout)
+for _depth, (_k, _blocks, _stem) in IMAGENET.items():
+    register(f"densenet{_depth}", section="8.4.5", recipe=_RECIPE,
+             summary=f"DenseNet-{_depth} (k={_k}, blocks of {'-'.join(map(str, _blocks))}) in "
+                     "torchvision's layout; loads its weights")(
+        preset(DenseNet, _k, _blocks, _stem, bn_size=4, compression=0.5, stem="imagenet"))
 
-
-@register("densenet161", input_shape=(3, 224, 224), section="8.4.5", recipe=_RECIPE)
-def densenet161(num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.0
-                ) -> DenseNet:
-    """DenseNet-161 (k=48, blocks of 6-12-36-24) in torchvision's layout; loads its weights"""
-    return _imagenet(161, num_classes, in_channels, dropout)
-
-
-@register("densenet169", input_shape=(3, 224, 224), section="8.4.5", recipe=_RECIPE)
-def densenet169(num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.0
-                ) -> DenseNet:
-    """DenseNet-169 (k=32, blocks of 6-12-32-32) in torchvision's layout; loads its weights"""
-    return _imagenet(169, num_classes, in_channels, dropout)
-
-
-@register("densenet201", input_shape=(3, 224, 224), section="8.4.5", recipe=_RECIPE)
-def densenet201(num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.0
-                ) -> DenseNet:
-    """DenseNet-201 (k=32, blocks of 6-12-48-32) in torchvision's layout; loads its weights"""
-    return _imagenet(201, num_classes, in_channels, dropout)
-
-
-@register("densenet40_12", input_shape=(3, 32, 32), section="8.4.5", recipe=_CIFAR_RECIPE)
-def densenet40_12(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0
-                  ) -> DenseNet:
-    """DenseNet (L=40, k=12) for 32x32 images: no bottleneck, no compression"""
-    return densenet_cifar(num_classes, in_channels, 40, 12, False, 1.0, dropout)
-
-
-@register("densenet_bc_100_12", input_shape=(3, 32, 32), section="8.4.5",
-          recipe=_CIFAR_RECIPE)
-def densenet_bc_100_12(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0
-                       ) -> DenseNet:
-    """DenseNet-BC (L=100, k=12) for 32x32 images"""
-    return densenet_cifar(num_classes, in_channels, 100, 12, True, 0.5, dropout)
-
-
-@register("densenet_bc_250_24", input_shape=(3, 32, 32), section="8.4.5",
-          recipe=_CIFAR_RECIPE)
-def densenet_bc_250_24(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0
-                       ) -> DenseNet:
-    """DenseNet-BC (L=250, k=24) for 32x32 images"""
-    return densenet_cifar(num_classes, in_channels, 250, 24, True, 0.5, dropout)
-
-
-@register("densenet_bc_190_40", input_shape=(3, 32, 32), section="8.4.5",
-          recipe=_CIFAR_RECIPE)
-def densenet_bc_190_40(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0
-                       ) -> DenseNet:
-    """DenseNet-BC (L=190, k=40) for 32x32 images"""
-    return densenet_cifar(num_classes, in_channels, 190, 40, True, 0.5, dropout)
+# name: (depth L, growth rate k, bottleneck and compression (BC) or neither, summary)
+CIFAR = {
+    "densenet40_12": (40, 12, False, ("DenseNet (L=40, k=12) for 32x32 images: no bottleneck, "
+                                     "no compression")),
+    "densenet_bc_100_12": (100, 12, True, "DenseNet-BC (L=100, k=12) for 32x32 images"),
+    "densenet_bc_250_24": (250, 24, True, "DenseNet-BC (L=250, k=24) for 32x32 images"),
+    "densenet_bc_190_40": (190, 40, True, "DenseNet-BC (L=190, k=40) for 32x32 images"),
+}
+for _name, (_depth, _k, _bc, _summary) in CIFAR.items():
+    register(_name, section="8.4.5", recipe=_CIFAR_RECIPE, summary=_summary)(
+        preset(densenet_cifar, depth=_depth, growth_rate=_k, bottleneck=_bc,
+               compression=0.5 if _bc else 1.0))

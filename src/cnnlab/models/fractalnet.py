@@ -53,6 +53,7 @@ Convolutions start from He normal, not the authors' Xavier.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import cast
@@ -62,9 +63,8 @@ from torch import nn
 
 from cnnlab import nn as cnn
 from cnnlab.errors import ModelError
-from cnnlab.models._base import Classifier
-from cnnlab.models._registry import register
-from cnnlab.models._spec import fresh_linear
+from cnnlab.models._registry import preset, register
+from cnnlab.nn.classifier import Classifier
 
 CIFAR_WIDTHS = (64, 128, 256, 512, 512)     # filters of blocks 1-5 (the paper's CIFAR nets)
 CIFAR_DROPOUT = (0.0, 0.1, 0.2, 0.3, 0.4)   # dropout rate of blocks 1-5
@@ -147,7 +147,8 @@ class FractalBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, column: int | None = None) -> torch.Tensor:
         if column is not None:                      # one column alone: its chain, no joins
-            return self.column(column)(x)
+            y: torch.Tensor = self.column(column)(x)
+            return y
         current = {k: x for k in range(1, self.columns + 1)}   # each column's latest output
         for i, meeting in self.ends.items():
             for k in meeting:
@@ -235,7 +236,7 @@ class FractalNet(Classifier):
         self.fc = cnn.Linear(channels, num_classes)
         names = {f"{kind}{b}": f"{kind}{b}" for kind in ("block", "pool")
                  for b in range(1, self.blocks + 1)}
-        self.chapter_layers = names | {"fc": "fc"}  # type: ignore[misc]  # depends on B
+        self.chapter_layers = names | {"fc": "fc"}
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -262,31 +263,15 @@ class FractalNet(Classifier):
     def forward(self, x: torch.Tensor, column: int | None = None) -> torch.Tensor:
         return self.forward_head(self.forward_features(x, column))
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.fc = fresh_linear(self.fc, num_classes)
-        self.num_classes = num_classes
-
 
 # the paper's: SGD, batch 100, momentum 0.9, lr 0.02 for 400 epochs, divided by 10 each time
 # the remaining epochs halve (a schedule TrainConfig's fixed lr_step cannot express)
 _CIFAR_RECIPE = {"lr": 0.02, "momentum": 0.9, "batch_size": 100}
 
 
-@register("fractalnet20_cifar", input_shape=(3, 32, 32), section="8.4.5", recipe=_CIFAR_RECIPE)
-def fractalnet20_cifar(num_classes: int = 10, in_channels: int = 3,
-                       drop_path_local: float = 0.15, global_fraction: float = 0.5,
-                       dropout: float | Sequence[float] = CIFAR_DROPOUT,
-                       widths: Sequence[int] = CIFAR_WIDTHS) -> FractalNet:
-    """FractalNet, 20 layers (5 blocks of 3 columns) for 32x32 images, with drop-path"""
-    return FractalNet(widths, 3, num_classes, in_channels, dropout, drop_path_local,
-                      global_fraction)
-
-
-@register("fractalnet40_cifar", input_shape=(3, 32, 32), section="8.4.5", recipe=_CIFAR_RECIPE)
-def fractalnet40_cifar(num_classes: int = 10, in_channels: int = 3,
-                       drop_path_local: float = 0.15, global_fraction: float = 0.5,
-                       dropout: float | Sequence[float] = CIFAR_DROPOUT,
-                       widths: Sequence[int] = CIFAR_WIDTHS) -> FractalNet:
-    """FractalNet, 40 layers (5 blocks of 4 columns) for 32x32 images, with drop-path"""
-    return FractalNet(widths, 4, num_classes, in_channels, dropout, drop_path_local,
-                      global_fraction)
+for _columns, _depth in ((3, 20), (4, 40)):       # depth: 5 blocks x 2^(C-1) convolutions
+    register(f"fractalnet{_depth}_cifar", section="8.4.5", recipe=_CIFAR_RECIPE,
+             summary=f"FractalNet, {_depth} layers (5 blocks of {_columns} columns) for 32x32 "
+                     "images, with drop-path")(
+        preset(functools.partial(FractalNet, dropout=CIFAR_DROPOUT), columns=_columns,
+               input_size=32))

@@ -72,9 +72,8 @@ from torch import nn
 
 from cnnlab import nn as cnn
 from cnnlab.errors import ModelError, ShapeError
-from cnnlab.models._base import Classifier
 from cnnlab.models._registry import register
-from cnnlab.models._spec import fresh_linear
+from cnnlab.nn.classifier import Classifier, fresh_linear
 
 AUX_WEIGHT = 0.3        # the paper's weight on each auxiliary head's loss
 
@@ -101,7 +100,8 @@ class ConvReLU(nn.Module):
         self.relu = cnn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.conv(x))
+        y: torch.Tensor = self.relu(self.conv(x))
+        return y
 
 
 class BasicConv2d(nn.Module):
@@ -116,7 +116,8 @@ class BasicConv2d(nn.Module):
         self.relu = cnn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.bn(self.conv(x)))
+        y: torch.Tensor = self.relu(self.bn(self.conv(x)))
+        return y
 
 
 class Inception(nn.Module):
@@ -168,7 +169,8 @@ class InceptionAux(nn.Module):
                              f"{x.shape[-2]}x{x.shape[-1]}; train at the model's default input "
                              "size or build it with aux_logits=False")
         x = torch.flatten(self.conv(x), 1)                  # N x 2048
-        return self.fc2(self.dropout(self.relu(self.fc1(x))))
+        y: torch.Tensor = self.fc2(self.dropout(self.relu(self.fc1(x))))
+        return y
 
 
 def paper_stem(in_channels: int) -> OrderedDict[str, nn.Module]:
@@ -275,7 +277,7 @@ class GoogLeNet(Classifier):
         names |= {n: n for n, m in self.named_children() if isinstance(m, Inception)}
         names |= {"pool3": "maxpool3", "pool4": "maxpool4", "avgpool": "avgpool", "fc": "fc"}
         names |= {"aux1": "aux1", "aux2": "aux2"} if aux_logits else {}
-        self.chapter_layers = names  # type: ignore[misc]  # per instance: stems and heads vary
+        self.chapter_layers = names
 
     def _trunk(self, x: torch.Tensor, heads: bool = True
                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -318,11 +320,10 @@ class GoogLeNet(Classifier):
         return F.cross_entropy(output, target)
 
     def reset_classifier(self, num_classes: int) -> None:
-        self.fc = fresh_linear(self.fc, num_classes)
+        super().reset_classifier(num_classes)
         for aux in (self.aux1, self.aux2):
             if aux is not None:
                 aux.fc2 = fresh_linear(aux.fc2, num_classes)
-        self.num_classes = num_classes
 
 
 def _paper_init(model: nn.Module) -> None:
@@ -358,7 +359,7 @@ _RECIPE = {"lr": 0.01, "momentum": 0.9, "weight_decay": 2e-4, "batch_size": 32, 
 _CIFAR_RECIPE = {"lr": 0.01, "batch_size": 128}   # a starting point, not yet measured on CIFAR
 
 
-@register("inception_v1", input_shape=(3, 224, 224), section="8.4.4", recipe=_RECIPE)
+@register("inception_v1", section="8.4.4", recipe=_RECIPE)
 def inception_v1(num_classes: int = 1000, in_channels: int = 3, aux_logits: bool = False,
                  dropout: float = 0.4, dropout_aux: float = 0.7) -> GoogLeNet:
     """GoogLeNet as the 2015 paper built it: true 5x5 branches, LRN, no batch norm"""
@@ -369,7 +370,7 @@ def inception_v1(num_classes: int = 1000, in_channels: int = 3, aux_logits: bool
     return model
 
 
-@register("googlenet", input_shape=(3, 224, 224), section="8.4.4", recipe=_RECIPE)
+@register("googlenet", section="8.4.4", recipe=_RECIPE)
 def googlenet(num_classes: int = 1000, in_channels: int = 3, aux_logits: bool = False,
               dropout: float = 0.2, dropout_aux: float = 0.7) -> GoogLeNet:
     """GoogLeNet in torchvision's layout (batch norm, 3x3 in the 5x5 branch); loads its weights"""
@@ -381,7 +382,7 @@ def googlenet(num_classes: int = 1000, in_channels: int = 3, aux_logits: bool = 
     return model
 
 
-@register("inception_v1_cifar", input_shape=(3, 32, 32), section="8.4.4", recipe=_CIFAR_RECIPE)
+@register("inception_v1_cifar", section="8.4.4", recipe=_CIFAR_RECIPE)
 def inception_v1_cifar(num_classes: int = 10, in_channels: int = 3, aux_logits: bool = False,
                        batch_norm: bool = False, dropout: float = 0.4,
                        dropout_aux: float = 0.7) -> GoogLeNet:

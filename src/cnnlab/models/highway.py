@@ -47,9 +47,8 @@ from torch import nn
 
 from cnnlab import nn as cnn
 from cnnlab.errors import ModelError
-from cnnlab.models._base import Classifier
 from cnnlab.models._registry import register
-from cnnlab.models._spec import fresh_linear
+from cnnlab.nn.classifier import Classifier
 
 
 def _check_gate_bias(gate_bias: float) -> float:
@@ -73,7 +72,8 @@ class _Highway(nn.Module):
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         """H(x), the plain layer's output."""
-        return self.relu(self.h(x))
+        y: torch.Tensor = self.relu(self.h(x))
+        return y
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """T(x), in (0, 1): the share of H(x) in the output at each position."""
@@ -136,7 +136,6 @@ class HighwayNet(Classifier):
     ``highway1`` ... name the highway layers in order.
     """
 
-    default_input_shape = (3, 32, 32)
     maps = 100      # conv18's width in the authors' definition, whatever the class count
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3,
@@ -171,7 +170,7 @@ class HighwayNet(Classifier):
         self.fc = cnn.Linear(self.maps, num_classes)        # the authors' ip2
         names |= {n: f"features.{n}" for n in layers if n.startswith(("conv", "pool"))}
         names |= {f"pool{len(widths)}": "pool", "fc": "fc"}
-        self.chapter_layers = names  # type: ignore[misc]  # per instance: depends on the depth
+        self.chapter_layers = names
         self._init()
 
     def _init(self) -> None:
@@ -184,15 +183,12 @@ class HighwayNet(Classifier):
         nn.init.zeros_(self.fc.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
+        y: torch.Tensor = self.features(x)
+        return y
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.dropout(self.pool(x))                      # N x 100
         return x if pre_logits else self.fc(x)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.fc = fresh_linear(self.fc, num_classes)
-        self.num_classes = num_classes
 
 
 def _check_stages(widths: Sequence[int], highway_layers: Sequence[int]
@@ -225,7 +221,7 @@ def _check_dropout(p: float) -> None:
 _RECIPE = {"lr": 0.025, "momentum": 0.9, "weight_decay": 1e-3, "batch_size": 100}
 
 
-@register("highway_cifar", input_shape=(3, 32, 32), section="8.4.5", recipe=_RECIPE)
+@register("highway_cifar", section="8.4.5", recipe=_RECIPE)
 def highway_cifar(num_classes: int = 10, in_channels: int = 3,
                   widths: Sequence[int] = (32, 80, 128), highway_layers: Sequence[int] = (4, 5, 5),
                   gate_bias: float = -2.0, dropout: float = 0.2) -> HighwayNet:

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from cnnlab import nn as cnn
-from cnnlab.models._base import Classifier
 from cnnlab.models._registry import register
+from cnnlab.nn.classifier import Classifier
 from cnnlab.nn.lenet import (
     LENET5_C3_TABLE,
     lecun_uniform_,
@@ -41,16 +41,31 @@ _LENET_LAYERS = {"c1": "features.c1", "s2": "features.s2", "c3": "features.c3",
                  "s4": "features.s4", "c5": "head.c5", "f6": "head.f6", "output": "output"}
 
 
-class LeNet5(Classifier):
-    """LeNet-5 as published: squashing, trainable subsampling, partial C3, RBF output."""
+class _LeNet(Classifier):
+    """What both forms share: ``features`` (C1 to S4), ``head`` (C5, F6) and ``output``, for
+    32x32 inputs."""
 
-    default_input_shape = (1, 32, 32)
-    chapter_layers = _LENET_LAYERS
+    output_layer = "output"
+    features: nn.Sequential
+    head: nn.Sequential
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, rbf_j: float = 1.0) -> None:
+    def __init__(self, num_classes: int, in_channels: int) -> None:
         super().__init__()
         self.default_input_shape = (in_channels, 32, 32)
-        self.num_classes, self.rbf_j = num_classes, rbf_j
+        self.num_classes = num_classes
+        self.chapter_layers = dict(_LENET_LAYERS)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        y: torch.Tensor = self.features(x)
+        return y
+
+
+class LeNet5(_LeNet):
+    """LeNet-5 as published: squashing, trainable subsampling, partial C3, RBF output."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, rbf_j: float = 1.0) -> None:
+        super().__init__(num_classes, in_channels)
+        self.rbf_j = rbf_j
         # in_channels > 1: C1 sees every input channel; the paper only had grey images
         self.features = nn.Sequential(OrderedDict(
             c1=cnn.Conv2d(in_channels, 6, 5), c1_act=cnn.Squash(),         # 28x28x6
@@ -65,9 +80,6 @@ class LeNet5(Classifier):
         ))
         self.output = cnn.RBF(rbf_prototypes(num_classes))                # 84 -> classes
         lecun_uniform_(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head(x)
@@ -87,16 +99,11 @@ class LeNet5(Classifier):
         return rbf_log_proba(scores, self.rbf_j)
 
 
-class LeNet5Modern(Classifier):
+class LeNet5Modern(_LeNet):
     """LeNet-5's sizes with today's parts: ReLU, max pooling, full C3, softmax output."""
 
-    default_input_shape = (1, 32, 32)
-    chapter_layers = _LENET_LAYERS
-
     def __init__(self, num_classes: int = 10, in_channels: int = 1, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.default_input_shape = (in_channels, 32, 32)
-        self.num_classes = num_classes
+        super().__init__(num_classes, in_channels)
         self.features = nn.Sequential(OrderedDict(
             c1=cnn.Conv2d(in_channels, 6, 5), c1_act=cnn.ReLU(),    # 28x28x6
             s2=cnn.MaxPool2d(2),                                     # 14x14x6
@@ -111,29 +118,17 @@ class LeNet5Modern(Classifier):
         ))
         self.output = cnn.Linear(84, num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head(x)
         return x if pre_logits else self.output(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.output = cnn.Linear(84, num_classes).to(self.output.weight.device)
-
 
 # Measured on MNIST (BENCHMARKS.md). The RBF loss starts near 84 (the squared distance to a
 # prototype), so the published model needs a smaller step than softmax networks.
-@register("lenet5", input_shape=(1, 32, 32), section="8.2.7",
-          recipe={"lr": 0.001, "batch_size": 32, "weight_decay": 0.0, "epochs": 20, "lr_step": 8})
-def lenet5(num_classes: int = 10, in_channels: int = 1, **kwargs: float) -> LeNet5:
-    """LeNet-5 as published (squash, trainable subsampling, C3 table, RBF output)"""
-    return LeNet5(num_classes, in_channels, **kwargs)
-
-
-@register("lenet5_modern", input_shape=(1, 32, 32), section="8.2.7",
-          recipe={"lr": 0.05, "batch_size": 64, "weight_decay": 5e-4, "epochs": 20, "lr_step": 8})
-def lenet5_modern(num_classes: int = 10, in_channels: int = 1, **kwargs: float) -> LeNet5Modern:
-    """LeNet-5 with ReLU, max pooling and a softmax output"""
-    return LeNet5Modern(num_classes, in_channels, **kwargs)
+register("lenet5", section="8.2.7",
+         recipe={"lr": 0.001, "batch_size": 32, "weight_decay": 0.0, "epochs": 20, "lr_step": 8},
+         summary="LeNet-5 as published (squash, trainable subsampling, C3 table, RBF output)"
+         )(LeNet5)
+register("lenet5_modern", section="8.2.7",
+         recipe={"lr": 0.05, "batch_size": 64, "weight_decay": 5e-4, "epochs": 20, "lr_step": 8},
+         summary="LeNet-5 with ReLU, max pooling and a softmax output")(LeNet5Modern)

@@ -51,8 +51,8 @@ from torch import nn
 
 from cnnlab import nn as cnn
 from cnnlab.errors import ModelError
-from cnnlab.models._base import Classifier
 from cnnlab.models._registry import register
+from cnnlab.nn.classifier import Classifier
 from cnnlab.spec import Token, parse
 
 # The authors' networks in the notation; each run of C tokens is one mlpconv block.
@@ -176,19 +176,21 @@ class NiN(Classifier):
         self.class_relu = cnn.ReLU() if class_relu else nn.Identity()
         self.gap = cnn.GlobalAvgPool()
         names |= {"classifier": "classifier", f"cccp{cccp + 1}": "classifier", "gap": "gap"}
-        self.chapter_layers = names  # type: ignore[misc]  # per instance: depends on the spec
+        self.chapter_layers = names
         for m in self.features.modules():
             if isinstance(m, cnn.Conv2d):
                 _init(m, None)
         _init(self.classifier, 0.01)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)                 # the last mlpconv's hidden maps
+        y: torch.Tensor = self.features(x)                 # the last mlpconv's hidden maps
+        return y
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if pre_logits:
-            return self.gap(x)                  # N x D: each hidden map averaged
-        return self.gap(self.class_relu(self.classifier(x)))       # N x classes
+        if not pre_logits:
+            x = self.class_relu(self.classifier(x))                # N x classes x H x W
+        y: torch.Tensor = self.gap(x)   # N x classes, or N x D pre-logits (each hidden map)
+        return y
 
     def reset_classifier(self, num_classes: int) -> None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -215,13 +217,13 @@ _CIFAR_RECIPE = {"lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4, "batch_size"
 _RECIPE = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 128}
 
 
-@register("nin_cifar", input_shape=(3, 32, 32), section="8.4.4", recipe=_CIFAR_RECIPE)
+@register("nin_cifar", section="8.4.4", recipe=_CIFAR_RECIPE)
 def nin_cifar(num_classes: int = 10, in_channels: int = 3, class_relu: bool = True) -> NiN:
     """Network in Network for 32x32 images: three mlpconv blocks, global average pooling"""
     return NiN(CONFIGS["cifar"], (in_channels, 32, 32), num_classes, class_relu)
 
 
-@register("nin", input_shape=(3, 224, 224), section="8.4.4", recipe=_RECIPE)
+@register("nin", section="8.4.4", recipe=_RECIPE)
 def nin(num_classes: int = 1000, in_channels: int = 3, class_relu: bool = True) -> NiN:
     """Network in Network for ImageNet: four mlpconv blocks, global average pooling"""
     return NiN(CONFIGS["imagenet"], (in_channels, 224, 224), num_classes, class_relu)

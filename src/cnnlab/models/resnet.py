@@ -21,10 +21,15 @@ Registered models (parameters at 1000 classes; the CIFAR forms are in ``resnet_c
   [3, 4, 6, 3], 64-128-256-512 filters;
 - ``resnet50`` (25,557,032), ``resnet101`` (44,549,160), ``resnet152`` (60,192,808):
   bottleneck units [3, 4, 6, 3], [3, 4, 23, 3], [3, 8, 36, 3], 256-512-1024-2048 maps;
-- ``wide_resnet50_2`` (68,883,240): ResNet-50 with bottlenecks twice as wide inside;
+- ``wide_resnet50_2`` (68,883,240) and ``wide_resnet101_2`` (126,886,696): ResNet-50 and
+  -101 with bottlenecks twice as wide inside;
 - ``resnext50_32x4d`` (25,028,904): ResNet-50 with its 3x3 split into 32 groups of 4 maps
   (of 128 in conv2_x): ResNeXt's "inception-like" split-transform-merge unit as a
-  grouped convolution.
+  grouped convolution; ``resnext101_32x8d`` (88,791,336) and ``resnext101_64x4d``
+  (83,455,272) split ResNet-101's the same way.
+
+Every one takes ``norm_layer`` (batch norm by default; torchvision's argument) and
+``stochastic_depth=p_L`` (see :class:`Residual`).
 
 Names, shapes and order of the state dict equal ``torchvision.models.resnet50`` etc., so
 published weights load with ``load_state_dict``. Batch norm is not one of the chapter's
@@ -44,11 +49,12 @@ from torch import nn
 
 from cnnlab import nn as cnn
 from cnnlab.errors import ModelError
-from cnnlab.models._base import Classifier
-from cnnlab.models._registry import register
-from cnnlab.models._spec import fresh_linear
+from cnnlab.models._registry import preset, register
+from cnnlab.nn.classifier import Classifier
 
 DROP_MODES = ("batch", "row")
+# a normalisation layer for a number of maps (nn.BatchNorm2d, or e.g. lambda c: GroupNorm(32, c))
+NormLayer = Callable[[int], nn.Module]
 
 
 class Residual(nn.Module):
@@ -64,6 +70,9 @@ class Residual(nn.Module):
     in expectation. We keep the paper's form, which the chapter cites, so a trained network
     means the same thing here as in the paper.)
     """
+
+    relu: nn.Module
+    downsample: nn.Module | None      # maps the input to the output's shape where they differ
 
     def __init__(self) -> None:
         super().__init__()
@@ -85,6 +94,18 @@ class Residual(nn.Module):
         rows = (shortcut.shape[0],) + (1,) * (shortcut.dim() - 1)
         keep_rows = (torch.rand(rows, device=shortcut.device) < p).to(shortcut.dtype)
         return shortcut + keep_rows * branch()
+
+    # the post-activation unit (Fig. 8.11(a)); the pre-activation ones override these
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.downsample is None else self.downsample(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """ReLU(shortcut + residual), the residual dropped or scaled as stochastic depth says."""
+        y: torch.Tensor = self.relu(self.add(self.shortcut(x), lambda: self.residual(x)))
+        return y
 
     def extra_repr(self) -> str:
         return "" if self.survival >= 1.0 else (f"survival={self.survival:.4g}, "
@@ -121,10 +142,11 @@ def conv1x1(c_in: int, c_out: int, stride: int = 1) -> cnn.Conv2d:
     return cnn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
 
 
-def projection(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+def projection(c_in: int, c_out: int, stride: int, norm_layer: NormLayer = nn.BatchNorm2d
+               ) -> nn.Sequential:
     """The projection shortcut (option B): 1x1 conv at the unit's stride, then BN
     (torchvision's ``downsample.0`` and ``downsample.1``)."""
-    return nn.Sequential(conv1x1(c_in, c_out, stride), nn.BatchNorm2d(c_out))
+    return nn.Sequential(conv1x1(c_in, c_out, stride), norm_layer(c_out))
 
 
 class BasicBlock(Residual):
@@ -135,28 +157,23 @@ class BasicBlock(Residual):
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1,
                  downsample: nn.Module | None = None, groups: int = 1,
-                 base_width: int = 64) -> None:
+                 base_width: int = 64, norm_layer: NormLayer = nn.BatchNorm2d) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
             raise ModelError(f"the basic unit has no groups or width setting (a ResNeXt or wide "
                              f"ResNet needs the bottleneck unit); got groups={groups}, "
                              f"width_per_group={base_width}")
         self.conv1 = conv3x3(inplanes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = norm_layer(planes)
         self.relu = cnn.ReLU()
         self.conv2 = conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = norm_layer(planes)
         self.downsample = downsample
         self.stride = stride
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-
-    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.downsample is None else self.downsample(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.add(self.shortcut(x), lambda: self.residual(x)))
+        y: torch.Tensor = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return y
 
 
 class Bottleneck(Residual):
@@ -173,15 +190,15 @@ class Bottleneck(Residual):
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1,
                  downsample: nn.Module | None = None, groups: int = 1,
-                 base_width: int = 64) -> None:
+                 base_width: int = 64, norm_layer: NormLayer = nn.BatchNorm2d) -> None:
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
         self.conv1 = conv1x1(inplanes, width)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.bn1 = norm_layer(width)
         self.conv2 = conv3x3(width, width, stride, groups)
-        self.bn2 = nn.BatchNorm2d(width)
+        self.bn2 = norm_layer(width)
         self.conv3 = conv1x1(width, planes * self.expansion)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.bn3 = norm_layer(planes * self.expansion)
         self.relu = cnn.ReLU()
         self.downsample = downsample
         self.stride = stride
@@ -189,13 +206,8 @@ class Bottleneck(Residual):
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        return self.bn3(self.conv3(out))
-
-    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.downsample is None else self.downsample(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.add(self.shortcut(x), lambda: self.residual(x)))
+        y: torch.Tensor = self.bn3(self.conv3(out))
+        return y
 
 
 Block = type[BasicBlock] | type[Bottleneck]
@@ -208,40 +220,74 @@ def init_resnet(model: nn.Module, zero_init_residual: bool = False) -> None:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm) and m.weight is not None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
     if zero_init_residual:
         for m in model.modules():
-            if isinstance(m, Bottleneck):
-                nn.init.zeros_(m.bn3.weight)
-            elif isinstance(m, BasicBlock):
-                nn.init.zeros_(m.bn2.weight)
+            last = m.bn3 if isinstance(m, Bottleneck) else m.bn2 if isinstance(m, BasicBlock) \
+                else None
+            weight = getattr(last, "weight", None)
+            if isinstance(weight, torch.Tensor):     # a norm layer with a scale
+                nn.init.zeros_(weight)
 
 
-class ResNet(Classifier):
+class ResidualNet(Classifier):
+    """What the ImageNet and CIFAR ResNets share: residual units that stochastic depth can
+    drop, global average pooling (``avgpool``) and one FC layer (``fc``)."""
+
+    avgpool: cnn.GlobalAvgPool
+    fc: cnn.Linear
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int,
+                 stages: Sequence[str]) -> None:
+        """``stages``: the chapter's names of ``layer1``, ``layer2``, ..."""
+        super().__init__()
+        self.default_input_shape, self.num_classes = input_shape, num_classes
+        self.chapter_layers = ({"conv1": "conv1"}
+                               | {name: f"layer{i}" for i, name in enumerate(stages, start=1)}
+                               | {"pool": "avgpool", "fc": "fc"})
+
+    def units(self) -> list[Residual]:
+        """The residual units in order, l = 1 .. L."""
+        return [m for m in self.modules() if isinstance(m, Residual)]
+
+    def set_stochastic_depth(self, last: float | None, mode: str = "batch") -> None:
+        """Unit l of L survives a training pass with p_l = 1 - (l / L)(1 - p_L), p_L = ``last``
+        (None: every unit always runs); see :func:`set_stochastic_depth`."""
+        set_stochastic_depth(self.units(), last, mode)
+        # only a network with stochastic depth skips units in training
+        self.stochastic_paths = last is not None and last < 1
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.avgpool(x)                       # N x maps of the last stage
+        return x if pre_logits else self.fc(x)
+
+
+class ResNet(ResidualNet):
     """The ImageNet ResNet of Table 1 in He et al., in torchvision's layout and names:
     ``conv1 bn1 relu maxpool layer1 .. layer4 avgpool fc``. ``layers`` counts the units of
-    conv2_x .. conv5_x; ``groups`` and ``width_per_group`` give ResNeXt and wide ResNets."""
-
-    default_input_shape = (3, 224, 224)
-    chapter_layers: ClassVar[dict[str, str]] = {
-        "conv1": "conv1", "conv2_x": "layer1", "conv3_x": "layer2", "conv4_x": "layer3",
-        "conv5_x": "layer4", "pool": "avgpool", "fc": "fc"}
+    conv2_x .. conv5_x; ``groups`` and ``width_per_group`` give ResNeXt and wide ResNets;
+    ``norm_layer`` makes every batch norm (torchvision's argument); ``stochastic_depth`` = p_L
+    drops units in training (Huang et al.)."""
 
     def __init__(self, block: Block, layers: Sequence[int], num_classes: int = 1000,
                  in_channels: int = 3, groups: int = 1, width_per_group: int = 64,
-                 zero_init_residual: bool = False) -> None:
-        super().__init__()
-        self.default_input_shape = (in_channels, 224, 224)
+                 zero_init_residual: bool = False, norm_layer: NormLayer = nn.BatchNorm2d,
+                 stochastic_depth: float | None = None, stochastic_depth_mode: str = "batch"
+                 ) -> None:
+        super().__init__((in_channels, 224, 224), num_classes,
+                         ("conv2_x", "conv3_x", "conv4_x", "conv5_x"))
         if len(layers) != 4 or any(not isinstance(n, int) or n < 1 for n in layers):
             raise ModelError(f"an ImageNet ResNet has four stages (conv2_x .. conv5_x) of at "
                              f"least one unit each; got layers={list(layers)!r}")
-        self.num_classes = num_classes
-        self.groups, self.base_width = groups, width_per_group
+        if not callable(norm_layer):
+            raise ModelError(f"norm_layer makes a normalisation layer from a number of maps, "
+                             f"e.g. torch.nn.BatchNorm2d; got norm_layer={norm_layer!r}")
+        self.groups, self.base_width, self.norm_layer = groups, width_per_group, norm_layer
         self.inplanes = 64
         self.conv1 = cnn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)  # 112x112
-        self.bn1 = nn.BatchNorm2d(64)
+        self.bn1 = norm_layer(64)
         self.relu = cnn.ReLU()
         self.maxpool = cnn.MaxPool2d(3, stride=2, padding=1)                         # 56x56x64
         self.layer1 = self._make_layer(block, 64, layers[0])                 # 56x56x64 (x4)
@@ -251,86 +297,54 @@ class ResNet(Classifier):
         self.avgpool = cnn.GlobalAvgPool()
         self.fc = cnn.Linear(512 * block.expansion, num_classes)
         init_resnet(self, zero_init_residual)
+        self.set_stochastic_depth(stochastic_depth, stochastic_depth_mode)
 
     def _make_layer(self, block: Block, planes: int, units: int, stride: int = 1
                     ) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:   # only where shape changes
-            downsample = projection(self.inplanes, planes * block.expansion, stride)
+            downsample = projection(self.inplanes, planes * block.expansion, stride,
+                                    self.norm_layer)
         layers: list[nn.Module] = [block(self.inplanes, planes, stride, downsample, self.groups,
-                                         self.base_width)]
+                                         self.base_width, self.norm_layer)]
         self.inplanes = planes * block.expansion
-        layers += [block(self.inplanes, planes, groups=self.groups, base_width=self.base_width)
-                   for _ in range(1, units)]
+        layers += [block(self.inplanes, planes, groups=self.groups, base_width=self.base_width,
+                         norm_layer=self.norm_layer) for _ in range(1, units)]
         return nn.Sequential(*layers)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.avgpool(x)                       # N x 512 (basic) or N x 2048 (bottleneck)
-        return x if pre_logits else self.fc(x)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.fc = fresh_linear(self.fc, num_classes)
-        self.num_classes = num_classes
+        y: torch.Tensor = self.layer4(self.layer3(self.layer2(self.layer1(x))))   # N x 512 (x4) x 7 x 7
+        return y
 
 
 _RECIPE = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 256}  # He et al.
 
-
-@register("resnet18", input_shape=(3, 224, 224), section="8.4.5", recipe=_RECIPE)
-def resnet18(num_classes: int = 1000, in_channels: int = 3,
-             zero_init_residual: bool = False) -> ResNet:
-    """ResNet-18: basic units [2, 2, 2, 2], torchvision's layout; loads its weights"""
-    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels,
-                  zero_init_residual=zero_init_residual)
-
-
-@register("resnet34", input_shape=(3, 224, 224), section="8.4.5", recipe=_RECIPE)
-def resnet34(num_classes: int = 1000, in_channels: int = 3,
-             zero_init_residual: bool = False) -> ResNet:
-    """ResNet-34 (Fig. 8.11(b)): basic units [3, 4, 6, 3]; loads torchvision's weights"""
-    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, in_channels,
-                  zero_init_residual=zero_init_residual)
-
-
-@register("resnet50", input_shape=(3, 224, 224), section="8.4.5", recipe=_RECIPE)
-def resnet50(num_classes: int = 1000, in_channels: int = 3,
-             zero_init_residual: bool = False) -> ResNet:
-    """ResNet-50: bottleneck units [3, 4, 6, 3] (v1.5); loads torchvision's weights"""
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels,
-                  zero_init_residual=zero_init_residual)
+# name: (unit, units in conv2_x .. conv5_x, groups and maps per group in conv2_x's 3x3s):
+# He et al.'s Table 1, ResNeXt (Xie et al.; 32x8d and 64x4d as torchvision has them), WRN
+RESNETS: dict[str, tuple[Block, tuple[int, int, int, int], int, int]] = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2), 1, 64),
+    "resnet34": (BasicBlock, (3, 4, 6, 3), 1, 64),          # Fig. 8.11(b)
+    "resnet50": (Bottleneck, (3, 4, 6, 3), 1, 64),
+    "resnet101": (Bottleneck, (3, 4, 23, 3), 1, 64),
+    "resnet152": (Bottleneck, (3, 8, 36, 3), 1, 64),        # the ILSVRC 2015 winner
+    "resnext50_32x4d": (Bottleneck, (3, 4, 6, 3), 32, 4),
+    "resnext101_32x8d": (Bottleneck, (3, 4, 23, 3), 32, 8),
+    "resnext101_64x4d": (Bottleneck, (3, 4, 23, 3), 64, 4),
+    "wide_resnet50_2": (Bottleneck, (3, 4, 6, 3), 1, 128),  # bottlenecks twice as wide inside
+    "wide_resnet101_2": (Bottleneck, (3, 4, 23, 3), 1, 128),
+}
 
 
-@register("resnet101", input_shape=(3, 224, 224), section="8.4.5", recipe=_RECIPE)
-def resnet101(num_classes: int = 1000, in_channels: int = 3,
-              zero_init_residual: bool = False) -> ResNet:
-    """ResNet-101: bottleneck units [3, 4, 23, 3] (v1.5); loads torchvision's weights"""
-    return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, in_channels,
-                  zero_init_residual=zero_init_residual)
+def _summary(block: Block, units: tuple[int, ...], groups: int, width: int) -> str:
+    kind = "basic" if block is BasicBlock else "bottleneck"
+    inner = (f", 3x3s of {groups} groups of {width} maps" if groups > 1
+             else f", bottlenecks {width // 64}x as wide" if width != 64 else "")
+    return f"ImageNet ResNet of {kind} units {list(units)}{inner}; torchvision's layout, loads " \
+           "its weights"
 
 
-@register("resnet152", input_shape=(3, 224, 224), section="8.4.5", recipe=_RECIPE)
-def resnet152(num_classes: int = 1000, in_channels: int = 3,
-              zero_init_residual: bool = False) -> ResNet:
-    """ResNet-152, the ILSVRC 2015 winner: bottleneck units [3, 8, 36, 3] (v1.5)"""
-    return ResNet(Bottleneck, [3, 8, 36, 3], num_classes, in_channels,
-                  zero_init_residual=zero_init_residual)
-
-
-@register("wide_resnet50_2", input_shape=(3, 224, 224), section="8.4.5", recipe=_RECIPE)
-def wide_resnet50_2(num_classes: int = 1000, in_channels: int = 3,
-                    zero_init_residual: bool = False) -> ResNet:
-    """Wide ResNet-50-2: ResNet-50 with bottlenecks twice as wide; loads torchvision's weights"""
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, width_per_group=128,
-                  zero_init_residual=zero_init_residual)
-
-
-@register("resnext50_32x4d", input_shape=(3, 224, 224), section="8.4.5", recipe=_RECIPE)
-def resnext50_32x4d(num_classes: int = 1000, in_channels: int = 3,
-                    zero_init_residual: bool = False) -> ResNet:
-    """ResNeXt-50 (32x4d): ResNet-50 with a 32-group 3x3; loads torchvision's weights"""
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, groups=32,
-                  width_per_group=4, zero_init_residual=zero_init_residual)
+for _name, (_block, _units, _groups, _width) in RESNETS.items():
+    register(_name, section="8.4.5", recipe=_RECIPE,
+             summary=_summary(_block, _units, _groups, _width))(
+        preset(ResNet, _block, list(_units), groups=_groups, width_per_group=_width))

@@ -45,26 +45,24 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from cnnlab import nn as cnn
 from cnnlab.errors import ModelError
-from cnnlab.models._base import Classifier
-from cnnlab.models._registry import register
-from cnnlab.models._spec import fresh_linear
+from cnnlab.models._registry import preset, register
 from cnnlab.models.resnet import (
     BasicBlock,
     Bottleneck,
     Residual,
+    ResidualNet,
     conv1x1,
     conv3x3,
     init_resnet,
     projection,
-    set_stochastic_depth,
 )
+from cnnlab.nn.classifier import Classifier
 
 
 class ZeroPadShortcut(nn.Module):
@@ -103,12 +101,11 @@ class _PreAct(Residual):
     """
 
     bn1: nn.BatchNorm2d
-    relu: cnn.ReLU
-    downsample: nn.Module | None
     share_preact: bool
 
     def preact(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.bn1(x))
+        y: torch.Tensor = self.relu(self.bn1(x))
+        return y
 
     def branch(self, a: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -117,8 +114,7 @@ class _PreAct(Residual):
         return self.branch(self.preact(x))
 
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.preact(x) if self.share_preact else x
-        return x if self.downsample is None else self.downsample(x)
+        return super().shortcut(self.preact(x) if self.share_preact else x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.share_preact:
@@ -145,7 +141,8 @@ class PreActBasicBlock(_PreAct):
         self.downsample, self.share_preact = downsample, share_preact
 
     def branch(self, a: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.dropout(self.relu(self.bn2(self.conv1(a)))))
+        y: torch.Tensor = self.conv2(self.dropout(self.relu(self.bn2(self.conv1(a)))))
+        return y
 
 
 class PreActBottleneck(_PreAct):
@@ -171,23 +168,20 @@ class PreActBottleneck(_PreAct):
     def branch(self, a: torch.Tensor) -> torch.Tensor:
         out = self.conv1(a)
         out = self.conv2(self.relu(self.bn2(out)))
-        return self.conv3(self.relu(self.bn3(out)))
+        y: torch.Tensor = self.conv3(self.relu(self.bn3(out)))
+        return y
 
 
 # (c_in, c_out, stride, first unit of the network) -> a unit
 UnitMaker = Callable[[int, int, int, bool], Residual]
 
 
-class CifarResNet(Classifier):
+class CifarResNet(ResidualNet):
     """conv1 (3x3) -> three stages of ``n`` units, ``widths`` maps each -> global average
     pool -> FC. Post-activation networks put BN-ReLU after conv1 (``bn1``); pre-activation
     ones put it after the last unit instead (``bn_final``: the last unit's sum is never
     normalised otherwise). ``stochastic_depth`` = p_L drops units in training."""
 
-    default_input_shape = (3, 32, 32)
-    chapter_layers: ClassVar[dict[str, str]] = {
-        "conv1": "conv1", "stage1": "layer1", "stage2": "layer2", "stage3": "layer3",
-        "pool": "avgpool", "fc": "fc"}
     layer1: nn.Sequential
     layer2: nn.Sequential
     layer3: nn.Sequential
@@ -196,9 +190,8 @@ class CifarResNet(Classifier):
                  preact: bool, num_classes: int = 10, in_channels: int = 3,
                  stochastic_depth: float | None = None, stochastic_depth_mode: str = "batch"
                  ) -> None:
-        super().__init__()
-        self.default_input_shape = (in_channels, 32, 32)
-        self.num_classes, self.preact = num_classes, preact
+        super().__init__((in_channels, 32, 32), num_classes, ("stage1", "stage2", "stage3"))
+        self.preact = preact
         self.conv1 = cnn.Conv2d(in_channels, stem, 3, padding=1, bias=False)
         self.bn1 = nn.Identity() if preact else nn.BatchNorm2d(stem)
         self.relu = cnn.ReLU()
@@ -213,13 +206,7 @@ class CifarResNet(Classifier):
         self.avgpool = cnn.GlobalAvgPool()
         self.fc = cnn.Linear(c_in, num_classes)
         init_resnet(self)
-        set_stochastic_depth(self.units(), stochastic_depth, stochastic_depth_mode)
-        # per instance: only a network built with stochastic depth skips units in training
-        self.stochastic_paths = stochastic_depth is not None and stochastic_depth < 1  # type: ignore[misc]
-
-    def units(self) -> list[Residual]:
-        """The residual units in order, l = 1 .. L."""
-        return [m for m in self.modules() if isinstance(m, Residual)]
+        self.set_stochastic_depth(stochastic_depth, stochastic_depth_mode)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)                                            # N x stem x 32 x 32
@@ -227,14 +214,6 @@ class CifarResNet(Classifier):
             x = self.relu(self.bn1(x))
         x = self.layer3(self.layer2(self.layer1(x)))                 # N x widths[2] x 8 x 8
         return self.relu(self.bn_final(x)) if self.preact else x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.avgpool(x)
-        return x if pre_logits else self.fc(x)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.fc = fresh_linear(self.fc, num_classes)
-        self.num_classes = num_classes
 
 
 def _shortcut(kind: str, c_in: int, c_out: int, stride: int, bn: bool) -> nn.Module | None:
@@ -360,103 +339,39 @@ _RECIPE = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 128}
 _WIDE_RECIPE = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 128}  # WRN, ResNeXt
 
 
-@register("resnet20", input_shape=(3, 32, 32), section="8.4.5", recipe=_RECIPE)
-def resnet20(num_classes: int = 10, in_channels: int = 3, **options: Any) -> CifarResNet:
-    """ResNet-20 for CIFAR (He et al. 4.2): 3 basic units per stage, option A shortcuts"""
-    return resnet_cifar(20, num_classes, in_channels, **options)
-
-
-@register("resnet32", input_shape=(3, 32, 32), section="8.4.5", recipe=_RECIPE)
-def resnet32(num_classes: int = 10, in_channels: int = 3, **options: Any) -> CifarResNet:
-    """ResNet-32 for CIFAR (He et al. 4.2): 5 basic units per stage, option A shortcuts"""
-    return resnet_cifar(32, num_classes, in_channels, **options)
-
-
-@register("resnet44", input_shape=(3, 32, 32), section="8.4.5", recipe=_RECIPE)
-def resnet44(num_classes: int = 10, in_channels: int = 3, **options: Any) -> CifarResNet:
-    """ResNet-44 for CIFAR (He et al. 4.2): 7 basic units per stage, option A shortcuts"""
-    return resnet_cifar(44, num_classes, in_channels, **options)
-
-
-@register("resnet56", input_shape=(3, 32, 32), section="8.4.5", recipe=_RECIPE)
-def resnet56(num_classes: int = 10, in_channels: int = 3, **options: Any) -> CifarResNet:
-    """ResNet-56 for CIFAR (He et al. 4.2): 9 basic units per stage, option A shortcuts"""
-    return resnet_cifar(56, num_classes, in_channels, **options)
-
-
-@register("resnet110", input_shape=(3, 32, 32), section="8.4.5", recipe=_RECIPE)
-def resnet110(num_classes: int = 10, in_channels: int = 3, **options: Any) -> CifarResNet:
-    """ResNet-110 for CIFAR (He et al. 4.2): 18 basic units per stage, option A shortcuts"""
-    return resnet_cifar(110, num_classes, in_channels, **options)
-
-
-@register("resnet110_stochastic_depth", input_shape=(3, 32, 32), section="8.4.5",
-          recipe=_RECIPE)
-def resnet110_stochastic_depth(num_classes: int = 10, in_channels: int = 3,
-                               stochastic_depth: float = 0.5, **options: Any) -> CifarResNet:
-    """ResNet-110 with stochastic depth (Huang et al.): survival falls linearly to p_L = 0.5"""
-    return resnet_cifar(110, num_classes, in_channels, stochastic_depth=stochastic_depth,
-                        **options)
-
-
-@register("preact_resnet110", input_shape=(3, 32, 32), section="8.4.5", recipe=_RECIPE)
-def preact_resnet110(num_classes: int = 10, in_channels: int = 3, **options: Any
-                     ) -> CifarResNet:
-    """Pre-activation ResNet-110 ("Identity Mappings"): BN-ReLU-conv basic units"""
-    return preact_resnet_cifar(110, num_classes, in_channels, **options)
-
-
-@register("preact_resnet164", input_shape=(3, 32, 32), section="8.4.5", recipe=_RECIPE)
-def preact_resnet164(num_classes: int = 10, in_channels: int = 3, **options: Any
-                     ) -> CifarResNet:
-    """Pre-activation ResNet-164 ("Identity Mappings"): 18 bottleneck units per stage"""
-    return preact_resnet_cifar(164, num_classes, in_channels, bottleneck=True, **options)
-
-
-@register("preact_resnet1001", input_shape=(3, 32, 32), section="8.4.5", recipe=_RECIPE)
-def preact_resnet1001(num_classes: int = 10, in_channels: int = 3, **options: Any
-                      ) -> CifarResNet:
-    """Pre-activation ResNet-1001 ("Identity Mappings"): 111 bottleneck units per stage"""
-    return preact_resnet_cifar(1001, num_classes, in_channels, bottleneck=True, **options)
-
-
-@register("wrn_28_10", input_shape=(3, 32, 32), section="8.4.5", recipe=_WIDE_RECIPE)
-def wrn_28_10(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0,
-              **options: Any) -> CifarResNet:
-    """Wide ResNet WRN-28-10: 4 units per stage, 160-320-640 filters (dropout=0.3 optional)"""
-    return wide_resnet_cifar(28, 10, dropout, num_classes, in_channels, **options)
-
-
-@register("wrn_16_8", input_shape=(3, 32, 32), section="8.4.5", recipe=_WIDE_RECIPE)
-def wrn_16_8(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0,
-             **options: Any) -> CifarResNet:
-    """Wide ResNet WRN-16-8: 2 units per stage, 128-256-512 filters"""
-    return wide_resnet_cifar(16, 8, dropout, num_classes, in_channels, **options)
-
-
-@register("wrn_40_4", input_shape=(3, 32, 32), section="8.4.5", recipe=_WIDE_RECIPE)
-def wrn_40_4(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0,
-             **options: Any) -> CifarResNet:
-    """Wide ResNet WRN-40-4: 6 units per stage, 64-128-256 filters"""
-    return wide_resnet_cifar(40, 4, dropout, num_classes, in_channels, **options)
-
-
-@register("resnext29_2x64d", input_shape=(3, 32, 32), section="8.4.5", recipe=_WIDE_RECIPE)
-def resnext29_2x64d(num_classes: int = 10, in_channels: int = 3, **options: Any
-                    ) -> CifarResNet:
-    """ResNeXt-29 (2x64d) for CIFAR (Xie et al., Fig. 7): the smallest of its cardinality sweep"""
-    return resnext_cifar(29, 2, 64, num_classes, in_channels, **options)
-
-
-@register("resnext29_8x64d", input_shape=(3, 32, 32), section="8.4.5", recipe=_WIDE_RECIPE)
-def resnext29_8x64d(num_classes: int = 10, in_channels: int = 3, **options: Any
-                    ) -> CifarResNet:
-    """ResNeXt-29 (8x64d) for CIFAR (Xie et al.): 8 groups of 64 maps in stage 1's 3x3s"""
-    return resnext_cifar(29, 8, 64, num_classes, in_channels, **options)
-
-
-@register("resnext29_16x64d", input_shape=(3, 32, 32), section="8.4.5", recipe=_WIDE_RECIPE)
-def resnext29_16x64d(num_classes: int = 10, in_channels: int = 3, **options: Any
-                     ) -> CifarResNet:
-    """ResNeXt-29 (16x64d) for CIFAR (Xie et al.): 16 groups of 64 maps in stage 1's 3x3s"""
-    return resnext_cifar(29, 16, 64, num_classes, in_channels, **options)
+# name: (builder, recipe, what `cnnlab models` says)
+CIFAR_RESNETS: dict[str, tuple[Callable[..., Classifier], dict[str, float], str]] = {
+    **{f"resnet{d}": (functools.partial(resnet_cifar, d), _RECIPE,
+                      (f"ResNet-{d} for CIFAR (He et al. 4.2): {(d - 2) // 6} basic units per "
+                      "stage, option A shortcuts")) for d in (20, 32, 44, 56, 110)},
+    "resnet110_stochastic_depth": (
+        functools.partial(resnet_cifar, 110, stochastic_depth=0.5), _RECIPE,
+        "ResNet-110 with stochastic depth (Huang et al.): survival falls linearly to p_L = 0.5"),
+    "preact_resnet110": (functools.partial(preact_resnet_cifar, 110), _RECIPE,
+                         ('Pre-activation ResNet-110 ("Identity Mappings"): BN-ReLU-conv basic '
+                         "units")),
+    "preact_resnet164": (preset(preact_resnet_cifar, 164, bottleneck=True), _RECIPE,
+                         ('Pre-activation ResNet-164 ("Identity Mappings"): 18 bottleneck units '
+                         "per stage")),
+    "preact_resnet1001": (preset(preact_resnet_cifar, 1001, bottleneck=True), _RECIPE,
+                          ('Pre-activation ResNet-1001 ("Identity Mappings"): 111 bottleneck '
+                          "units per stage")),
+    "wrn_28_10": (functools.partial(wide_resnet_cifar, 28, 10), _WIDE_RECIPE,
+                  ("Wide ResNet WRN-28-10: 4 units per stage, 160-320-640 filters (dropout=0.3 "
+                  "optional)")),
+    "wrn_16_8": (functools.partial(wide_resnet_cifar, 16, 8), _WIDE_RECIPE,
+                 "Wide ResNet WRN-16-8: 2 units per stage, 128-256-512 filters"),
+    "wrn_40_4": (functools.partial(wide_resnet_cifar, 40, 4), _WIDE_RECIPE,
+                 "Wide ResNet WRN-40-4: 6 units per stage, 64-128-256 filters"),
+    "resnext29_2x64d": (functools.partial(resnext_cifar, 29, 2, 64), _WIDE_RECIPE,
+                        ("ResNeXt-29 (2x64d) for CIFAR (Xie et al., Fig. 7): the smallest of its "
+                        "cardinality sweep")),
+    "resnext29_8x64d": (functools.partial(resnext_cifar, 29, 8, 64), _WIDE_RECIPE,
+                        ("ResNeXt-29 (8x64d) for CIFAR (Xie et al.): 8 groups of 64 maps in "
+                        "stage 1's 3x3s")),
+    "resnext29_16x64d": (functools.partial(resnext_cifar, 29, 16, 64), _WIDE_RECIPE,
+                         ("ResNeXt-29 (16x64d) for CIFAR (Xie et al.): 16 groups of 64 maps in "
+                         "stage 1's 3x3s")),
+}
+for _name, (_builder, _recipe, _summary) in CIFAR_RESNETS.items():
+    register(_name, section="8.4.5", recipe=_recipe, summary=_summary)(_builder)

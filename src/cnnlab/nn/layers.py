@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from cnnlab import ops
+from cnnlab.errors import ModelError
 from cnnlab.ops._shapes import as_tuple, resolve_padding
 
 Size = int | Sequence[int]
@@ -253,6 +254,17 @@ class Linear(nn.Linear):
 
 class Dropout(nn.Dropout):
     """Dropout (8.4.1: AlexNet drops units with probability 0.5 in its FC layers)."""
+
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
+        super().__init__(check_dropout(p), inplace)
+
+
+def check_dropout(p: object) -> float:
+    """``p`` as given, if it is a dropout probability (in [0, 1]); else a ModelError."""
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
+        raise ModelError(f"dropout is the probability of dropping a unit, in [0, 1] (AlexNet "
+                         f"and VGG use 0.5); got dropout={p!r}")
+    return float(p)
 
 
 class Flatten(nn.Flatten):
