@@ -128,26 +128,45 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cnnlab.train import TrainConfig, resume_config, train
+    from cnnlab.train.checkpoint import check_finished
     from cnnlab.train.config import COMMAND_LINE
+    from cnnlab.train.run import run_status
 
     fields = {k: v for k, v in vars(args).items()
               if k in TrainConfig.__dataclass_fields__ and v is not None}
-    if args.resume:
-        if args.out is not None and args.out != args.resume:
-            raise CnnlabError(f"--resume {args.resume} continues that folder; drop "
-                              f"--out {args.out}")
-        config = resume_config(args.resume, **fields)   # train() refuses other changes
+    resume = args.resume
+    if resume == "auto":                # start, continue or leave alone: a scheduler's rerun
+        if args.out is None:
+            raise CnnlabError("--resume auto needs --out RUN, the folder to start, continue, "
+                              "or leave as it is once finished: e.g. `cnnlab train lenet5 "
+                              "--out runs/a --resume auto`")
+        if args.overwrite:
+            raise CnnlabError("--resume auto and --overwrite contradict each other: --resume "
+                              "auto keeps what RUN holds, --overwrite starts it again; pick one")
+        resume = args.out if run_status(args.out) in ("unfinished", "finished") else None
+    elif resume and args.out is not None and os.path.abspath(args.out) != os.path.abspath(resume):
+        raise CnnlabError(f"--resume {resume} continues the run where it is, in {resume}; drop "
+                          f"--out {args.out} (to continue it elsewhere, copy the folder there "
+                          "and resume the copy)")
+    if resume:
+        config = resume_config(resume, **fields)        # train() refuses other changes
+        if run_status(resume) == "finished" and not args.overwrite:
+            note = check_finished(resume, config)     # or refuses a longer run
+            if os.environ.get("RANK", "0") in ("", "0"):
+                print(note)
+            return 0
     elif args.model is None:
         raise CnnlabError("cnnlab train needs a model name (see `cnnlab models`), or "
                           "--resume RUN to continue a run")
     else:
         config = TrainConfig.for_model(fields, source=COMMAND_LINE)
     result = train(config, progress=not args.quiet, overwrite=args.overwrite,
-                   resume=bool(args.resume))
+                   resume=bool(resume))
     if os.environ.get("RANK", "0") not in ("", "0"):
         return 0                                        # torchrun: rank 0 reports
     print(f"test accuracy {100 * result['test_top1']:.2f}% (error {100 * result['test_error']:.2f}%)"
-          f" after {config.epochs} epochs, {result['seconds']:.0f} s; run saved in {config.out or config.default_out()}")
+          f" after {config.epochs} epochs, {result['seconds']:.0f} s; run saved in "
+          f"{result['run_dir']}")
     return 0
 
 
@@ -218,15 +237,20 @@ def _ensemble_table(result: dict[str, Any]) -> str:
 def cmd_features(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cnnlab.train.transfer import features_of_run, save_features
+    from cnnlab.train._runs import run_info
+    from cnnlab.train.transfer import features_of_run, features_path, save_features
 
-    out = Path(args.out)
+    if args.out is None:                    # into the run folder, named by what it holds
+        data = args.data if args.data not in (None, run_info(args.run).config.data) else None
+        out = features_path(args.run, args.split, args.layer, data, args.pool)
+    else:
+        out = Path(args.out)
     if out.suffix != ".safetensors":
         raise CnnlabError(f"--out {args.out!r}: features are written as safetensors; end the "
                           "name with .safetensors")
     if out.exists() and not args.overwrite:
-        raise CnnlabError(f"--out {args.out!r} already exists; pick another --out, or pass "
-                          "--overwrite to replace it")
+        raise CnnlabError(f"{'--out ' if args.out else ''}{str(out)!r} already exists; pick "
+                          "another --out, or pass --overwrite to replace it")
     features, labels, meta = features_of_run(args.run, data=args.data, data_dir=args.data_dir,
                                              split=args.split, layer=args.layer, pool=args.pool,
                                              batch_size=args.batch_size,
@@ -390,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a spatial volume C x H x W: all C*H*W values (flatten), or the mean of "
                    "each map (avg)")
     p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--out", required=True, metavar="FILE.safetensors", help="where to write")
+    p.add_argument("--out", metavar="FILE.safetensors", help="where to write (default: "
+                   "RUN/features-SPLIT-LAYER.safetensors)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_features)
