@@ -28,6 +28,7 @@ examples:
   cnnlab train alexnet_cifar --data cifar10 --augment crop4,flip,pca --schedule plateau
   cnnlab train lenet5_modern --checkpoint-every 200 --out runs/a    # killed? then:
   cnnlab train --resume runs/a                                      # continues to the bit
+  cnnlab train lenet5_modern --out runs/a --resume auto   # start, continue or nothing: rerun it
 
 --augment (8.3.4), applied to each training batch:
 {augment}
@@ -371,8 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "from the defaults.",
                        epilog=_train_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_settings(p)                                    # one option per TrainConfig field
-    p.add_argument("--resume", metavar="RUN", help="continue the unfinished run in folder RUN "
-                   "from its last checkpoint")
+    p.add_argument("--resume", metavar="RUN|auto", help="continue the unfinished run in folder "
+                   "RUN from its last checkpoint (a finished RUN: nothing to do); auto, with "
+                   "--out RUN: start RUN, continue it, or leave it if finished (for schedulers)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder's results")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)

@@ -66,7 +66,7 @@ def fresh(num_classes=10, seed=1):
     ("lenet5", ("output.prototypes",)),                  # RBF prototypes: a buffer
     ("lenet5_modern", HEAD),
     ("alexnet", ("classifier.6.weight", "classifier.6.bias")),
-    ("vgg_a", ("head.fc11.weight", "head.fc11.bias")),
+    ("vgg_a", ("fc11.weight", "fc11.bias")),             # a notation network: flat names
 ])
 def test_the_output_layer_is_what_reset_classifier_replaces(name, head):
     with torch.device("meta"):
