@@ -229,3 +229,15 @@ def test_only_cnnlab_errors_escape_for_the_fuzzers_findings():
     for text in ("C3D8p9223372036854775808", "FC100000000000000000000", "F999999999"):
         with pytest.raises(CnnlabError):
             build(text, (6, 3, 64))
+
+
+def test_summarize_refuses_an_input_it_cannot_hold_before_allocating_it():
+    net = models.create("lenet5")
+    with pytest.raises(SizeError, match=r"^an input of 1x99999x99999 needs 37.3 GiB per example"):
+        summarize(net, (1, 99999, 99999))
+    with pytest.raises(CnnlabError, match=r"input_shape \(1, 1099511627776, 3\) has a size above"):
+        summarize(net, (1, 2**40, 3))
+    with torch.device("meta"):                  # on the meta device the input costs nothing
+        meta = models.create("lenet5")
+        with pytest.raises(CnnlabError, match="does not fit the model"):
+            summarize(meta, (1, 99999, 99999))

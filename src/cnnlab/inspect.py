@@ -21,6 +21,7 @@ from torch import nn
 from cnnlab.errors import CnnlabError, ShapeError, SizeError
 from cnnlab.nn.layers import GlobalAvgPool
 from cnnlab.nn.lenet import RBF, PartialConv2d, Subsampling
+from cnnlab.ops._shapes import MAX_SIZE
 
 __all__ = ["LIMITS", "Row", "Summary", "Totals", "check_size", "size_limits", "summarize",
            "volume"]
@@ -344,6 +345,9 @@ def summarize(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
     if not shape or any(s <= 0 for s in shape) or len(shape) > 4:
         raise ShapeError(f"input_shape must be 1 to 4 positive sizes, channels first, e.g. "
                          f"(3, 224, 224); got {input_shape!r}")
+    if max(shape) > MAX_SIZE:
+        raise ShapeError(f"input_shape {input_shape!r} has a size above {MAX_SIZE:,}, the most "
+                         "a kernel takes; give a smaller input")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ShapeError(f"batch_size must be a positive int, got {batch_size!r}")
     param = next(model.parameters(), None)
@@ -352,6 +356,9 @@ def summarize(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
         raise ShapeError(f"dtype={dtype} does not match the model's parameters ({param.dtype}); "
                          f"pass dtype={param.dtype} or convert the model with model.to({dtype})")
 
+    if (device or torch.get_default_device()).type != "meta":   # the input below is real memory
+        check_size(f"an input of {'x'.join(map(str, shape))}", 0,
+                   math.prod(shape) * dtype.itemsize)
     names = {m: name for name, m in model.named_modules()}
     rows_of = [m for m in names if _is_row(m)]
     calls: list[tuple[nn.Module, torch.Tensor | None, Any]] = []

@@ -87,3 +87,15 @@ def test_the_rule_is_taken_when_the_relu_runs_forward() -> None:
         y = ops.relu(x)
     y.backward(torch.tensor([3.0, -4.0]))  # outside the block: still deconvnet's max(g, 0)
     assert x.grad.tolist() == [3.0, 0.0]
+
+
+def test_sizes_past_what_pytorchs_kernels_take_are_refused() -> None:
+    x = torch.zeros(1, 1, 8, 8)
+    with pytest.raises(ShapeError, match=r"^stride 1099511627776 is out of range: at most "
+                       r"2,147,483,647, the most PyTorch's kernels take$"):
+        ops.max_pool(x, 2, stride=2**40)
+    with pytest.raises(ShapeError, match=r"^padding \(0, 9223372036854775808\) is out of range"):
+        ops.conv(x, torch.zeros(1, 1, 3, 3), padding=(0, 2**63))
+    with pytest.raises(ShapeError, match=r"stride must be an int or a tuple of 2 ints, got 1.5"):
+        ops.conv(x, torch.zeros(1, 1, 3, 3), stride=1.5)  # type: ignore[arg-type]
+    assert ops.avg_pool(x, 2, stride=2**31 - 1).shape == (1, 1, 1, 1)  # the largest works

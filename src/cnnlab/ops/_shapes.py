@@ -17,11 +17,15 @@ def as_tuple(value: IntOrTuple, dims: int, name: str) -> tuple[int, ...]:
     """Expand an int to `dims` copies; check a sequence has `dims` entries."""
     if isinstance(value, bool):
         raise ShapeError(f"{name} must be an int or a tuple of {dims} ints, got {value!r}")
-    if isinstance(value, int):
-        return (value,) * dims
-    out = tuple(value)
+    try:
+        out = (value,) * dims if isinstance(value, int) else tuple(value)
+    except TypeError:           # neither an int nor a sequence
+        out = ()
     if len(out) != dims or not all(isinstance(v, int) and not isinstance(v, bool) for v in out):
         raise ShapeError(f"{name} must be an int or a tuple of {dims} ints, got {value!r}")
+    if any(abs(v) > MAX_SIZE for v in out):
+        raise ShapeError(f"{name} {value!r} is out of range: at most {MAX_SIZE:,}, the most "
+                         "PyTorch's kernels take")
     return out
 
 
