@@ -97,7 +97,8 @@ def main() -> int:
     classes = models.default_classes((3, args.size, args.size))
     data = (synthetic(args.images, args.size, classes, 0),
             synthetic(args.batch_size, args.size, classes, 1))
-    config = TrainConfig(model=args.model, data="random", epochs=1, batch_size=args.batch_size,
+    # the images come as datasets=; "folder" (images of your own) is only recorded
+    config = TrainConfig(model=args.model, data="folder", epochs=1, batch_size=args.batch_size,
                          lr=0.1, momentum=0.9, weight_decay=1e-4, schedule="constant",
                          amp="bf16", channels_last=True, device=str(device), out="unused",
                          tensorboard=False, plots=False)

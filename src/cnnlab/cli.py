@@ -333,11 +333,23 @@ def _train_epilog() -> str:
         resumable=", ".join(SETTINGS[k].flag for k in RESUMABLE if k != "out"))
 
 
+def _add_run_data(p: argparse.ArgumentParser, whose: str) -> None:
+    """The data options of a command that reads trained runs (eval, features)."""
+    from cnnlab.data import SPLITS
+    from cnnlab.train.config import SETTINGS
+
+    batch = SETTINGS["eval_batch_size"].default
+    p.add_argument("--data", help=f"data set (default: the one {whose} trained on)")
+    p.add_argument("--data-dir", help="folder with the data files")
+    p.add_argument("--split", choices=SPLITS, default="test")
+    p.add_argument("--batch-size", type=int, default=batch,
+                   help=f"images per batch (default {batch})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import typing
 
     from cnnlab import data
-    from cnnlab.data import SPLITS
     from cnnlab.train.ensemble import TTA
     from cnnlab.train.transfer import Pool
 
@@ -386,10 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(8.4.1).", epilog=EPILOG_EVAL,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folder written by `cnnlab train`")
-    p.add_argument("--data", help="data set (default: the one the runs were trained on)")
-    p.add_argument("--data-dir", help="folder with the data files")
-    p.add_argument("--split", choices=SPLITS, default="test")
-    p.add_argument("--batch-size", type=int, default=500)
+    _add_run_data(p, "the runs were")
     p.add_argument("--tta", choices=TTA, default="none",
                    help="test-time views averaged per image: the image and its mirror (flip), "
                    "or AlexNet's ten crops of the image zero-padded by --crop-padding (crops)")
@@ -407,15 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "and `labels` (N), with the model, layer, data and split as metadata.",
                        epilog=EPILOG_FEATURES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run folder written by `cnnlab train`")
-    p.add_argument("--data", help="data set (default: the one the run was trained on)")
-    p.add_argument("--data-dir", help="folder with the data files")
-    p.add_argument("--split", choices=SPLITS, default="test")
+    _add_run_data(p, "the run was")
     p.add_argument("--layer", default="fc7", help="fc7 (default: the penultimate layer), or a "
                    "chapter layer name (conv3, c5, ...) or module path")
     p.add_argument("--pool", choices=typing.get_args(Pool), default="flatten",
                    help="a spatial volume C x H x W: all C*H*W values (flatten), or the mean of "
                    "each map (avg)")
-    p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--out", metavar="FILE.safetensors", help="where to write (default: "
                    "RUN/features-SPLIT-LAYER.safetensors)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")

@@ -39,6 +39,7 @@ class RegistryError(ModelError, ValueError):
 class ConfigError(CnnlabError, ValueError):
     """A training setting that is unknown, out of range or in conflict with another."""
 
+
 class StorageError(CnnlabError, OSError):
     """A file or folder cannot be written or read: a full disk, a read-only folder, no
     permission. An ``OSError`` too, with the system's ``errno`` and ``strerror``."""

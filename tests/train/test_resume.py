@@ -244,6 +244,33 @@ def test_help_shows_the_new_flags():
         assert flag in proc.stdout, flag
 
 
+def test_a_run_killed_after_its_last_epoch_finishes_on_resume(tmp_path, digits, reference,
+                                                             monkeypatch):
+    """Killed once the last epoch is checkpointed, before the outputs and weights: the
+    resumed run has no step left, evaluates once and writes what the uninterrupted one did."""
+    from cnnlab.train.tasks import Classification
+
+    real = Classification.write_outputs
+
+    def dies(*args, **kwargs):
+        raise Killed("killed before the outputs")
+
+    monkeypatch.setattr(Classification, "write_outputs", dies)
+    with pytest.raises(Killed):
+        train(config(tmp_path), tiny(), progress=False, datasets=digits)
+    assert checkpoint.describe(tmp_path / "run" / CHECKPOINT) == {
+        "epoch": 4, "step": 0, "global_step": 15}
+    assert not (tmp_path / "run" / WEIGHTS).exists()
+    monkeypatch.setattr(Classification, "write_outputs", real)
+    train(resume_config(tmp_path / "run"), tiny(seed=123), progress=False, datasets=digits,
+          resume=True)
+    assert same_weights(reference, tmp_path / "run")
+    assert metrics(tmp_path / "run") == metrics(reference)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(FINISHED)
+    assert (json.loads((tmp_path / "run" / "confusion.json").read_text()) ==
+            json.loads((reference / "confusion.json").read_text()))
+
+
 # -- failures keep the last good checkpoint --------------------------------------------------
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, digits):
@@ -296,8 +323,8 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, digits, referenc
     monkeypatch.setattr(Path, "write_bytes", disk_full)
     run = tmp_path / "run"
     with pytest.raises(CnnlabError, match=r"could not write the checkpoint .*: No space left on "
-                                          r"device; the checkpoint of epoch 2, step 0 is kept; "
-                                          r"free space, then `cnnlab train --resume"):
+                                          r"device; free space on that disk; the checkpoint of "
+                                          r"epoch 2, step 0 is kept; then `cnnlab train --resume"):
         train(config(tmp_path), tiny(), progress=False, datasets=digits)
     assert sorted(p.name for p in run.iterdir()) == [CHECKPOINT, "config.json", METRICS,
                                              "tensorboard"]

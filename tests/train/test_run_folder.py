@@ -417,3 +417,17 @@ def test_storage_error_is_an_os_error_with_the_systems_errno():
     assert isinstance(err, StorageError) and isinstance(err, OSError)
     assert (err.errno, err.strerror) == (errno.ENOSPC, "No space left")
     assert str(err) == "could not write x: No space left; free space on that disk"
+
+
+def test_a_run_refused_before_it_starts_leaves_no_folder(tmp_path):
+    """Refused after the folder was checked (here: a data set name the model cannot take):
+    the folders made for it are gone; an existing parent and its files stay."""
+    from cnnlab.train import TrainConfig, train
+
+    (tmp_path / "mine.txt").write_text("keep")
+    out = tmp_path / "a" / "b" / "run"
+    cfg = TrainConfig("lenet5", data="cifar10", data_dir=str(tmp_path / "nowhere"), epochs=1,
+                      out=str(out))
+    with pytest.raises(CnnlabError):
+        train(cfg, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]

@@ -3,7 +3,6 @@ on (input shape, mean, std, classes) without loading its weights, and the data s
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 from cnnlab.data import ImageDataset, load
 from cnnlab.errors import CnnlabError, ShapeError
 from cnnlab.train.config import TrainConfig
-from cnnlab.train.run import CONFIG, WEIGHTS, load_run, read_metadata
+from cnnlab.train.run import CONFIG, WEIGHTS, load_run, read_config, read_metadata
 
 
 @dataclass(frozen=True)
@@ -32,11 +31,7 @@ def run_info(run_dir: str | os.PathLike[str]) -> RunInfo:
     path = Path(run_dir)
     if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
         load_run(path)                    # raises the error that names what is missing
-    try:
-        config = TrainConfig.from_dict(json.loads((path / CONFIG).read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CnnlabError(f"{path / CONFIG}: not valid JSON ({err}); train the run again"
-                          ) from None
+    config = read_config(path)
     meta = read_metadata(path / WEIGHTS)
     try:
         c, h, w = (int(v) for v in meta["input_shape"])

@@ -30,6 +30,7 @@ from __future__ import annotations
 import difflib
 import re
 import warnings
+from collections.abc import Callable
 
 from cnnlab.data import ImageDataset
 from cnnlab.data.augment import (
@@ -46,7 +47,7 @@ from cnnlab.data.augment import (
 from cnnlab.errors import CnnlabError, ShapeError
 
 # name -> (whole pixels?, check, what the number must be)
-_ITEMS = {
+_ITEMS: dict[str, tuple[bool, Callable[[float], bool], str]] = {
     "crop": (True, lambda v: v >= 1, "a whole number of pixels >= 1"),
     "flip": (False, lambda v: 0 < v <= 1, "a probability in (0, 1]"),
     "translate": (True, lambda v: v >= 1, "a whole number of pixels >= 1"),

@@ -78,7 +78,7 @@ class Batches:
         self.global_size = 0                            # size of the last global batch drawn
         self.epoch_state: torch.Tensor | None = None   # generator state before this pass
         self.in_memory = num_workers == 0 and isinstance(dataset.images, torch.Tensor)
-        if self.in_memory:
+        if self.in_memory and isinstance(dataset.images, torch.Tensor):
             self.images = dataset.images.to(device)
             self.targets = to_device(dataset.labels, device)
         # the DataLoader's worker seeds come from here, not from the global RNG (dropout's)
@@ -103,7 +103,7 @@ class Batches:
         else:
             self.epoch_state = self.generator.get_state()
             order = torch.randperm(n, generator=self.generator)
-        chunks: Sequence[torch.Tensor] = order.split(self.batch_size)[start:]
+        chunks: Sequence[torch.Tensor] = torch.split(order, self.batch_size)[start:]
         if self.context.distributed:
             world = self.context.world_size
             self._sizes = [len(c) for c in chunks if len(c) >= world]

@@ -37,7 +37,6 @@ from torch import nn
 from cnnlab.data import ImageDataset, ten_crops
 from cnnlab.errors import CnnlabError
 from cnnlab.train._runs import RunInfo, run_data, run_info
-from cnnlab.train.batches import to_device
 from cnnlab.train.evaluation import Member, Views, evaluate_members
 from cnnlab.train.loop import resolve_device
 from cnnlab.train.run import load_run
@@ -91,8 +90,8 @@ def scores(proba: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     probability) of class probabilities (N, classes), and the count n."""
     task = Classification(num_classes=proba.shape[1])
     log_p = proba.clamp_min(torch.finfo(proba.dtype).tiny).log()
-    return _headline(task, task.figures(task.eval_sums(log_p, to_device(labels, proba.device)),
-                                        len(labels)), len(labels))
+    sums = task.eval_sums(log_p, labels.to(proba.device))
+    return _headline(task, task.figures(sums, len(labels)), len(labels))
 
 
 def _headline(task: Task, figures: dict[str, Any], n: int) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 import cnnlab
 from cnnlab import ops
 from cnnlab.data import ImageDataset, load
+from cnnlab.data.augment import Compose
 from cnnlab.errors import CnnlabError, ModelError, ShapeError
 from cnnlab.ops import KernelName
 from cnnlab.train import augmentation, checkpoint, distributed, optim
@@ -174,14 +175,14 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
             loss = loss * ctx.shard_weight(n, batches.global_size)
         optimizer.zero_grad(set_to_none=True)
         if r.scaler is not None:
-            r.scaler.scale(loss).backward()
+            torch.autograd.backward(r.scaler.scale(loss))
             if r.clip_grad_norm:
                 r.scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(params, r.clip_grad_norm)
             r.scaler.step(optimizer)
             r.scaler.update()
         else:
-            loss.backward()
+            torch.autograd.backward(loss)
             if r.clip_grad_norm:
                 nn.utils.clip_grad_norm_(params, r.clip_grad_norm)
             optimizer.step()
@@ -282,6 +283,10 @@ def run_epochs(state: RunState, test_ds: ImageDataset, first: int, totals: Epoch
             tqdm.write(f"epoch {epoch}/{config.epochs}: train {shown} | test {tested} | "
                        f"lr {lr:g} | {seconds:.1f} s, {record['images_per_second']:,.0f} img/s")
         last = test.sums
+    if not last:           # resumed after the last epoch's checkpoint: nothing left to train
+        distributed.broadcast_buffers(state.context, state.model)
+        last = evaluate_members([member], test_ds, config.eval_batch_size,
+                                context=state.context, num_workers=config.num_workers).sums
     return last
 
 
@@ -335,13 +340,6 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, task: Task | N
     if progress:
         progress_seconds()                              # a bad $CNNLAB_PROGRESS_SECONDS: now
     ctx = distributed.context_from_env()                # torchrun's RANK and WORLD_SIZE
-    # refuses before any slow work; without ``out``, a new folder (runs/MODEL-DATA[-N])
-    run = RunFolder(config.out, overwrite, resume, writer=ctx.is_main,
-                    default=config.default_out())
-    state = checkpoint.load(run.path / CHECKPOINT) if resume else None
-    if state is not None:
-        checkpoint.check_resume(TrainConfig.from_dict(state["config"]), config,
-                                int(state["epoch"]), int(state["step"]))
     device = ctx.device(resolve_device(config.device))
     if config.amp == "fp16" and device.type != "cuda":
         raise CnnlabError(f"amp='fp16' needs a CUDA GPU (its GradScaler), but training runs "
@@ -349,60 +347,73 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, task: Task | N
     if config.sync_bn and device.type != "cuda":
         raise CnnlabError(f"sync_bn=True needs CUDA GPUs (torch's SyncBatchNorm), but training "
                           f"runs on {device}; drop --sync-bn")
-    if datasets is None:
-        size = _input_size(config, model)
-        train_ds = load(config.data, "train", config.data_dir, size=size)
-        test_ds = load(config.data, "test", config.data_dir, size=size)
-    else:
-        train_ds, test_ds = datasets
-    _warn_batch_size(config, train_ds, ctx)
-    augment = augmentation.build(config.augment, train_ds)
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    ctx = distributed.setup(device)                     # joins the process group under torchrun
+    # refuses before any slow work; without ``out``, a new folder (runs/MODEL-DATA[-N])
+    run = RunFolder(config.out, overwrite, resume, writer=ctx.is_main,
+                    default=config.default_out())
     try:
-        with torch.random.fork_rng(devices=cuda), ops.kernels(cast(KernelName, config.kernel)), \
-                _cudnn_autotune(device):
-            torch.manual_seed(config.seed)              # initial weights and dropout
-            if model is None:
-                from cnnlab import models
+        state = checkpoint.load(run.path / CHECKPOINT) if resume else None
+        if state is not None:
+            saved = TrainConfig.from_dict(state["config"], source=str(run.path / CHECKPOINT))
+            checkpoint.check_resume(saved, config, int(state["epoch"]), int(state["step"]))
+        if datasets is None:
+            size = _input_size(config, model)
+            train_ds = load(config.data, "train", config.data_dir, size=size)
+            test_ds = load(config.data, "test", config.data_dir, size=size)
+        else:
+            train_ds, test_ds = datasets
+        _warn_batch_size(config, train_ds, ctx)
+        augment = augmentation.build(config.augment, train_ds)
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        ctx = distributed.setup(device)                     # joins the process group under torchrun
+        try:
+            kernels = ops.kernels(cast(KernelName, config.kernel))
+            with torch.random.fork_rng(devices=cuda), kernels, _cudnn_autotune(device):
+                torch.manual_seed(config.seed)              # initial weights and dropout
+                if model is None:
+                    from cnnlab import models
 
-                model = models.create(config.model, num_classes=train_ds.num_classes,
-                                      in_channels=train_ds.in_channels)
-            _check_fits(model, train_ds)
-            transferred = _transfer(model, config, fresh=state is None)
-            if transferred is not None and progress and ctx.is_main:
-                tqdm.write(transferred.summary())
-            if config.sync_bn and ctx.distributed:
-                model = sync_batch_norm(model)
-            model.to(device)
-            if config.channels_last:
-                model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-            if task is None:
-                task = Classification(model, max(train_ds.num_classes, test_ds.num_classes),
-                                      config.label_smoothing, test_ds.classes)
-            rs = _run_state(model, config, run, device, train_ds, augment, task, ctx)
-            first, totals = (1, EpochTotals(device)) if state is None else rs.restore(state)
-            run.start(config, state["records"] if state is not None else None)
-            board = None
-            if config.tensorboard and run.writer:
-                from cnnlab.train.tensorboard import TensorBoardLogger
+                    model = models.create(config.model, num_classes=train_ds.num_classes,
+                                          in_channels=train_ds.in_channels)
+                _check_fits(model, train_ds)
+                transferred = _transfer(model, config, fresh=state is None)
+                if transferred is not None and progress and ctx.is_main:
+                    tqdm.write(transferred.summary())
+                if config.sync_bn and ctx.distributed:
+                    model = sync_batch_norm(model)
+                model.to(device)
+                if config.channels_last:
+                    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+                if task is None:
+                    task = Classification(model, max(train_ds.num_classes, test_ds.num_classes),
+                                          config.label_smoothing, test_ds.classes)
+                rs = _run_state(model, config, run, device, train_ds, augment, task, ctx)
+                first, totals = (1, EpochTotals(device)) if state is None else rs.restore(state)
+                run.start(config, state["records"] if state is not None else None)
+                board = None
+                if config.tensorboard and run.writer:
+                    from cnnlab.train.tensorboard import TensorBoardLogger
 
-                board = TensorBoardLogger(run.path, resume=state is not None)
-            with board or contextlib.nullcontext():
-                sums = run_epochs(rs, test_ds, first, totals, progress and ctx.is_main, board)
-            c, h, w = train_ds.image_shape
-            run.save_model(model, {
-                "model": config.model, "data": config.data, "task": task.name,
-                "num_classes": train_ds.num_classes, "in_channels": c, "input_shape": [c, h, w],
-                "classes": list(train_ds.classes), "mean": list(train_ds.mean),
-                "std": list(train_ds.std), "epochs": config.epochs,
-                "cnnlab_version": cnnlab.__version__})
-            if run.writer:
-                task.write_outputs(run.path, sums, run.records, config.plots)
-            run.finish()
-            distributed.barrier(ctx)                    # the folder is complete for everyone
-    finally:
-        distributed.teardown(ctx)
+                    board = TensorBoardLogger(run.path, resume=state is not None)
+                with board or contextlib.nullcontext():
+                    sums = run_epochs(rs, test_ds, first, totals, progress and ctx.is_main, board)
+                # the outputs before the weights: a run killed in between is still unfinished,
+                # and its resumption (no epoch left) evaluates once and writes both
+                if run.writer:
+                    task.write_outputs(run.path, sums, run.records, config.plots)
+                c, h, w = train_ds.image_shape
+                run.save_model(model, {
+                    "model": config.model, "data": config.data, "task": task.name,
+                    "num_classes": train_ds.num_classes, "in_channels": c, "input_shape": [c, h, w],
+                    "classes": list(train_ds.classes), "mean": list(train_ds.mean),
+                    "std": list(train_ds.std), "epochs": config.epochs,
+                    "cnnlab_version": cnnlab.__version__})
+                run.finish()
+                distributed.barrier(ctx)                    # the folder is complete for everyone
+        finally:
+            distributed.teardown(ctx)
+    except BaseException:
+        run.abandon()                        # a run refused before it started: no folder
+        raise
     history = run.records
     last = history[-1]
     tested = {k: v for k, v in last.items() if k.startswith("test_")}
@@ -417,7 +428,7 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, task: Task | N
 
 
 def _run_state(model: nn.Module, config: TrainConfig, folder: RunFolder, device: torch.device,
-               train_ds: ImageDataset, augment: augmentation.Compose | None, task: Task,
+               train_ds: ImageDataset, augment: Compose | None, task: Task,
                ctx: Context) -> RunState:
     """The optimizer, schedule, step recipe and shuffled batches of a new run."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -479,7 +490,10 @@ def sync_batch_norm(model: nn.Module) -> nn.Module:
     """``model`` with every batch-norm layer as torch's SyncBatchNorm (statistics over all
     processes' shares of a batch), in place; parameter and buffer names stay the same, so
     the weights save and load as before."""
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # torch leaves convert_sync_batchnorm untyped
+    converted: nn.Module = nn.SyncBatchNorm.convert_sync_batchnorm(  # type: ignore[no-untyped-call]
+        model)
+    return converted
 
 
 def _transfer(model: nn.Module, config: TrainConfig, fresh: bool) -> TransferReport | None:

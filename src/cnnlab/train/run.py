@@ -217,6 +217,8 @@ class RunFolder:
         self.records: list[dict[str, Any]] = []
         self.fresh = path is None
         self.claimed = False                   # a fresh folder is made by start()
+        self.started = False
+        self.made: list[Path] = []             # folders made here, removed by abandon()
         self.foreign = False                   # it holds files cnnlab did not write
         if path is None:
             if resume or default is None:
@@ -283,8 +285,10 @@ class RunFolder:
         folder = folder or self.path
         where = str(folder)
         if not found.exists:
+            missing = [folder, *(p for p in folder.parents if not p.exists())]
             try:
                 folder.mkdir(parents=True)
+                self.made = missing                # deepest first
             except OSError as err:
                 what = "the run folder" if folder == self.path else "the folder for runs"
                 raise storage_error(f"cannot create {what} {where!r}", err,
@@ -305,6 +309,7 @@ class RunFolder:
         the metrics of its checkpoint, and its checkpoint), write ``config.json`` (``out``:
         this folder) and the metrics."""
         self.records = [dict(r) for r in records or ()]
+        self.started = True
         if not self.writer:
             return
         if self.fresh and not self.claimed:
@@ -342,6 +347,18 @@ class RunFolder:
             then = (f"; then continue the run: `cnnlab train --resume {self.path}`"
                     if (self.path / CHECKPOINT).is_file() else "; then start the run again")
             raise StorageError(f"{err}{then}", err.errno, err.strerror) from None
+
+    def abandon(self) -> None:
+        """A run that fails before it starts leaves no folder behind: remove the empty
+        folders made for it (never one that holds anything)."""
+        if self.started:
+            return
+        for folder in self.made:
+            try:
+                folder.rmdir()
+            except OSError:                    # not empty, or gone: leave the rest alone
+                break
+        self.made = []
 
     def finish(self) -> None:
         """The model is saved: the checkpoint is no longer needed."""

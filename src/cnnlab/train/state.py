@@ -23,7 +23,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.train import checkpoint, distributed, optim
 from cnnlab.train.batches import Batches
 from cnnlab.train.config import TrainConfig
-from cnnlab.train.run import CHECKPOINT, RunFolder
+from cnnlab.train.run import CHECKPOINT, RunFolder, storage_error
 from cnnlab.train.tasks import Sums, Task
 
 
@@ -134,9 +134,9 @@ class RunState:
         except OSError as err:
             kept = (f"the checkpoint of epoch {self.saved[0]}, step {self.saved[1]} is kept"
                     if self.saved else "no checkpoint was kept")
-            raise CnnlabError(f"could not write the checkpoint {path}: {err.strerror or err}; "
-                              f"{kept}; free space, then `cnnlab train --resume "
-                              f"{self.folder.path}`") from err
+            raise storage_error(f"could not write the checkpoint {path}", err,
+                                f"; {kept}; then `cnnlab train --resume {self.folder.path}`"
+                                ) from None
         self.saved = (epoch, t.step)
 
     def restore(self, state: dict[str, Any]) -> tuple[int, EpochTotals]:
