@@ -431,3 +431,13 @@ def test_a_run_refused_before_it_starts_leaves_no_folder(tmp_path):
     with pytest.raises(CnnlabError):
         train(cfg, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+
+
+def test_a_run_that_is_a_file_is_called_a_file(tmp_path, capsys):
+    from cnnlab.cli import main
+
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    assert main(["eval", str(tmp_path / "model.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a run folder; pass the folder that `cnnlab train --out` wrote" in err
+    assert "does not exist" not in err and len(err.strip().splitlines()) == 1

@@ -435,6 +435,10 @@ def load_run(run_dir: str | os.PathLike[str], model: nn.Module | None = None
     folder's ``config.json`` names are refused.
     """
     run = Path(run_dir)
+    if run.exists() and not run.is_dir():
+        raise CnnlabError(f"{str(run)!r} is a file, not a run folder; pass the folder that "
+                          "`cnnlab train --out` wrote (the one holding config.json and "
+                          "model.safetensors)")
     if not run.is_dir():
         raise CnnlabError(f"run folder {str(run)!r} does not exist; pass a folder written "
                           "by `cnnlab train --out`")
