@@ -76,7 +76,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         with torch.device("meta"):  # count parameters without allocating them
             model = models.create(name)
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        rows.append({"name": name, "params": params, "input": "x".join(map(str, entry.input_shape)),
+        shape = model.default_input_shape           # what info(name).input_shape reads
+        rows.append({"name": name, "params": params, "input": "x".join(map(str, shape)),
                      "section": entry.section, "summary": entry.summary,
                      "recipe": entry.recipe})
     if args.json:
