@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 EXAMPLES = 1500                 # 13 s of CPU (17 s on a loaded 2-core machine), start included
 ADDRESS_SPACE = 4 * 1024**3     # the child's cap, bytes: torch itself maps about 0.8 GB
 SLOWEST = 3.0                   # seconds one build plus forward may take
@@ -20,6 +22,7 @@ SLOWEST = 3.0                   # seconds one build plus forward may take
 LIMITS = {"CNNLAB_MAX_PARAMS": "2000000", "CNNLAB_MAX_ACTIVATION_BYTES": str(64 * 1024**2)}
 
 
+@pytest.mark.slow
 def test_the_grammar_with_huge_numbers_gives_only_cnnlab_errors():
     env = dict(os.environ, **LIMITS)
     start = time.perf_counter()

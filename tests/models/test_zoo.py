@@ -183,6 +183,7 @@ def test_layers_by_the_chapters_names(name):
 LARGE = [n for n in models.names() if n not in SMALL]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LARGE)
 def test_forward_and_backward_at_the_native_input_size(name):
     """The models the tests above only shape-check on the meta device run once for real."""

@@ -100,6 +100,7 @@ def _records(run):
     return [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_torchrun_with_two_gloo_processes_matches_one_process(tmp_path):
     """The same command under torchrun: two CPU processes (gloo) share each global batch of
     64 and average their gradients, which is the single-process step up to summation order
@@ -142,6 +143,7 @@ def test_torchrun_with_two_gloo_processes_matches_one_process(tmp_path):
         assert r3["test_top1"] == r2["test_top1"]
 
 
+@pytest.mark.slow
 def test_under_torchrun_the_logged_test_figures_are_those_of_the_saved_model(tmp_path):
     """Each process evaluates half of the test set; with batch norm, every process must use
     rank 0's running statistics (the saved model's), not the ones its own share updated."""

@@ -171,6 +171,7 @@ def test_the_checkpoint_is_one_safetensors_file_with_json_state(tmp_path, digits
     assert list(back["optimizer"]["state"]) == [0, 1, 2, 3]           # int keys come back
 
 
+@pytest.mark.slow
 def test_sigkill_of_a_real_process_resumes_bit_identical(tmp_path):
     """`python -m cnnlab train` killed with SIGKILL, then `cnnlab train --resume`."""
     args = ["train", "lenet5_modern", "--epochs", "2", "--checkpoint-every", "4", "--quiet",

@@ -79,6 +79,7 @@ def test_a_finished_run_is_not_made_longer(whole, capsys):
     assert files(whole) == before
 
 
+@pytest.mark.slow
 def test_a_killed_run_continues_to_the_bit(tmp_path, whole, capsys):
     """SIGKILL of a real `cnnlab train --resume auto` process, then the same command again."""
     run = tmp_path / "run"

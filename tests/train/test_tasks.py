@@ -73,6 +73,7 @@ def test_the_evaluator_reproduces_the_logged_figures(finished, tmp_path):
     assert result.ensemble["loss"] == pytest.approx(last["test_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_sigkilled_toy_run_resumes_to_the_bit(finished, tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, SCRIPT, str(out), "--slow"], env=_env(),
@@ -100,6 +101,7 @@ def test_a_sigkilled_toy_run_resumes_to_the_bit(finished, tmp_path):
         assert r1["train_abs_error"] == r2["train_abs_error"]
 
 
+@pytest.mark.slow
 def test_the_toy_task_runs_under_two_gloo_processes(finished, tmp_path):
     out = tmp_path / "two"
     done = subprocess.run([*TORCHRUN, SCRIPT, str(out)], env=_env(), timeout=300,
