@@ -14,13 +14,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.train import TrainConfig, evaluate_run, load_run, read_metadata, train
 from cnnlab.train.ensemble import evaluate_ensemble, predict_proba, scores
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

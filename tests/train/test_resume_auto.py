@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from cnnlab import cli
@@ -36,13 +35,7 @@ def same_weights(a, b):
     return sa.keys() == sb.keys() and all(sa[k].equal(sb[k]) for k in sa)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """As many threads as the killed child (bit-identity across thread counts is not a given)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

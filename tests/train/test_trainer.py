@@ -56,14 +56,7 @@ def tiny(seed: int = 0) -> Tiny:
     return Tiny()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and two OpenMP threads on a busy 2-core
-    machine stall for seconds; restore the setting after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
