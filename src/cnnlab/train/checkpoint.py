@@ -125,9 +125,8 @@ def check_resume(saved: TrainConfig, config: TrainConfig, epoch: int, step: int)
     (at batch ``step`` of ``epoch``): only the fields in :data:`RESUMABLE` may change, and
     ``epochs`` only for schedules that do not depend on it, and not below the checkpoint."""
     old, new = saved.to_dict(), config.to_dict()
-    changed = [k for k in old if old[k] != new[k] and k not in (*RESUMABLE, *_WHERE)]
-    if changed:
-        k = changed[0]
+    k = _first_change(old, new, (*RESUMABLE, *_WHERE))
+    if k is not None:
         raise CnnlabError(f"cannot resume with {k}={new[k]!r}: the run was started with "
                           f"{k}={old[k]!r}, and a resumed run must stay the same run; only "
                           f"{', '.join(RESUMABLE)} may change")
@@ -141,6 +140,12 @@ def check_resume(saved: TrainConfig, config: TrainConfig, epoch: int, step: int)
                 f"has finished {epoch - 1} epochs"
             raise CnnlabError(f"cannot resume with epochs={config.epochs}: the checkpoint "
                               f"{done} already")
+
+
+def _first_change(old: dict[str, Any], new: dict[str, Any], free: tuple[str, ...]
+                  ) -> str | None:
+    """The first setting that differs between ``old`` and ``new`` outside ``free``."""
+    return next((k for k in old if old[k] != new[k] and k not in free), None)
 
 
 def resume_config(run_dir: str | os.PathLike[str], **changes: Any) -> TrainConfig:
@@ -161,9 +166,8 @@ def check_finished(run_dir: str | os.PathLike[str], config: TrainConfig) -> str:
     from); ``config`` as :func:`resume_config` makes it."""
     run = Path(run_dir)
     old, new = read_config(run).to_dict(), config.to_dict()
-    changed = [k for k in old if old[k] != new[k] and k not in (*_OUTPUT_ONLY, *_WHERE)]
-    if changed:
-        k = changed[0]
+    k = _first_change(old, new, (*_OUTPUT_ONLY, *_WHERE))
+    if k is not None:
         raise CnnlabError(f"cannot resume {str(run)!r} with {k}={new[k]!r}: the run finished "
                           f"with {k}={old[k]!r} and keeps no checkpoint to go on from; train a "
                           f"new run with another --out (--init {run} starts from its weights)")
