@@ -143,3 +143,32 @@ def test_volume_is_written_depth_last():
     assert volume((6, 28, 28)) == "28×28×6" and volume((84,)) == "84"
     assert volume((16, 50)) == "50×16" and volume((3, 8, 16, 16)) == "8×16×16×3"
     assert summarize(cnn.ReLU(), (4,)).rows[0].volume == "4"
+
+
+def test_start_is_the_first_pixel_unit_zero_sees():
+    s = summarize(build("C3D8 M C3D8 M3s2 C3D8s2 C3x1D8", (1, 32, 32)), (1, 32, 32))
+    rows = [r for r in s.rows if r.kind != "ReLU"]
+    # half padding of 1 moves the window 1 jump back: -1, -1 - 2, -3 - 4, (-7 - 8, -7 - 0)
+    assert [r.start for r in rows] == [(-1, -1), (-1, -1), (-3, -3), (-3, -3), (-7, -7),
+                                       (-15, -7)]
+    up = summarize(nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1), (4, 5, 5)).rows[0]
+    assert up.start == (0, 0)            # output 0 takes input 0 through the filter's centre
+    data = json.loads(json.dumps(s.to_dict()))
+    assert data["rows"][-1]["start"] == [-15, -7] and Summary.from_dict(data) == s
+
+
+def test_start_jump_and_field_bound_the_gradient_of_every_unit():
+    torch.manual_seed(0)
+    net = build("C3D2d2p1 C5D2s2p3 A3s2p1", (1, 12, 12)).double()
+    for m in net.modules():                       # positive weights: no cancellation
+        if isinstance(m, nn.Conv2d):
+            nn.init.uniform_(m.weight, 0.1, 1.0)
+    row = summarize(net, (1, 12, 12), dtype=torch.float64).rows[-1]
+    (rf, _), (j, _), (a, _) = row.receptive_field, row.jump, row.start
+    x = torch.rand(1, 1, 12, 12, dtype=torch.float64, requires_grad=True)
+    out = net(x)
+    for i in range(out.shape[2]):
+        (g,) = torch.autograd.grad(out[0, 0, i, i], x, retain_graph=True)
+        rows = g[0, 0].abs().sum(1).nonzero().flatten().tolist()
+        first, last = a + i * j, a + i * j + rf - 1          # may lie in the padding
+        assert rows == list(range(max(first, 0), min(last, 11) + 1))

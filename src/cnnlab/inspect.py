@@ -27,6 +27,7 @@ __all__ = ["LIMITS", "Row", "Summary", "Totals", "check_size", "size_limits", "s
            "volume"]
 
 Field = tuple[int | float, ...]
+Fields = tuple[Field, Field, Field]     # receptive field, jump, start per spatial dim
 
 
 def volume(shape: Sequence[int], sep: str = "×") -> str:
@@ -51,6 +52,7 @@ class Row:
     activation_bytes: int
     receptive_field: Field | None       # per spatial dim, in input pixels; None once flat
     jump: Field | None                  # input pixels between neighbouring outputs
+    start: Field | None                 # first input pixel seen by unit 0 (< 0 in the padding)
     macs: int                           # multiply-accumulates per example
 
 
@@ -177,51 +179,67 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
     return None
 
 
-def _window(m: nn.Module, dims: int, x: torch.Tensor, y: torch.Tensor
-            ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
-    """(kernel, stride, dilation) of a sliding-window layer, or None."""
+Window = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+
+
+def _window(m: nn.Module, dims: int, x: torch.Tensor, y: torch.Tensor) -> Window | None:
+    """(kernel, stride, dilation, padding before the first input) of a sliding-window layer,
+    or None."""
     def tup(v: Any) -> tuple[int, ...]:
         return (int(v),) * dims if isinstance(v, int) else tuple(int(u) for u in v)
 
+    none = (0,) * dims
     if isinstance(m, nn.modules.conv._ConvNd):
-        return tuple(m.weight.shape[2:]), tup(m.stride), tup(m.dilation)
+        kernel, dilation = tuple(m.weight.shape[2:]), tup(m.dilation)
+        if m.padding == "same":           # torch pads d(k - 1) in all, the smaller half first
+            pad = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
+        else:
+            pad = none if m.padding == "valid" else tup(m.padding)
+        return kernel, tup(m.stride), dilation, pad
     if isinstance(m, PartialConv2d):
-        return tup(m.kernel_size), (1,) * dims, (1,) * dims
+        return tup(m.kernel_size), (1,) * dims, (1,) * dims, none
     if isinstance(m, Subsampling):
-        return tup(m.kernel_size), tup(m.kernel_size), (1,) * dims
+        return tup(m.kernel_size), tup(m.kernel_size), (1,) * dims, none
     if isinstance(m, (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
                       GlobalAvgPool)):
         lin, lout = x.shape[2:], y.shape[2:]
         return (tuple(math.ceil(a / b) for a, b in zip(lin, lout)),
-                tuple(a // b for a, b in zip(lin, lout)), (1,) * dims)
+                tuple(a // b for a, b in zip(lin, lout)), (1,) * dims, none)
     if isinstance(m, (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
                       nn.modules.pooling._LPPoolNd)):
         kernel = tup(m.kernel_size)
         stride = tup(m.stride) if m.stride is not None else kernel
-        return kernel, stride, tup(getattr(m, "dilation", 1))
+        return kernel, stride, tup(getattr(m, "dilation", 1)), tup(getattr(m, "padding", 0))
     return None
 
 
 def _next_field(m: nn.Module, x: torch.Tensor | None, y: torch.Tensor,
-                field_in: tuple[Field, Field] | None) -> tuple[Field, Field] | None:
-    """r_out = r_in + (k - 1)·d·j_in and j_out = j_in·s per spatial dim (None once flat)."""
+                field_in: Fields | None) -> Fields | None:
+    """r_out = r_in + (k - 1)·d·j_in, j_out = j_in·s and start_out = start_in - p·j_in per
+    spatial dim (None once flat): unit i of the output sees input pixels
+    start_out + i·j_out .. start_out + i·j_out + r_out - 1."""
     dims = y.dim() - 2
     if dims < 1 or field_in is None or x is None or len(field_in[0]) != dims \
             or x.dim() != y.dim():
         return None
-    rf, jump = field_in
+    rf, jump, start = field_in
     if isinstance(m, nn.modules.conv._ConvTransposeNd):
-        # each output sees about ceil(F/S) neighbouring inputs, and outputs lie S times closer
+        # each output sees about ceil(F/S) neighbouring inputs, and outputs lie S times closer;
+        # output 0 gets inputs ceil((P - e + 1) / S) .. P // S (e: the dilated filter extent)
         kernel, stride = tuple(m.weight.shape[2:]), tuple(m.stride)
         ext = [d * (k - 1) + 1 for k, d in zip(kernel, m.dilation)]
         new_rf = tuple(r + (math.ceil(e / s) - 1) * j for r, e, s, j in zip(rf, ext, stride, jump))
         new_jump = tuple(j / s if j % s else j // s for j, s in zip(jump, stride))
-        return new_rf, new_jump
+        pad = tuple(int(p) for p in m.padding)
+        new_start = tuple(a + -((e - 1 - p) // s) * j
+                          for a, e, p, s, j in zip(start, ext, pad, stride, jump))
+        return new_rf, new_jump, new_start
     window = _window(m, dims, x, y)
     if window is not None:
-        kernel, stride, dilation = window
+        kernel, stride, dilation, pad = window
         return (tuple(r + (k - 1) * d * j for r, k, d, j in zip(rf, kernel, dilation, jump)),
-                tuple(j * s for j, s in zip(jump, stride)))
+                tuple(j * s for j, s in zip(jump, stride)),
+                tuple(a - p * j for a, p, j in zip(start, pad, jump)))
     if x.shape[2:] == y.shape[2:]:  # elementwise or across channels only (ReLU, LRN, BN, ...)
         return field_in
     return None
@@ -328,7 +346,9 @@ def summarize(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
 
     Rows are the leaf modules and any module that owns parameters or buffers directly
     (PartialConv2d, Subsampling, RBF), in the order they run; a module run twice gets two rows.
-    Receptive fields are tracked per tensor through the hooks. When a layer's input was made by
+    Receptive fields are tracked per tensor through the hooks, with the jump between units and
+    the ``start``, the first input pixel that unit 0 sees (negative where its window begins in
+    the padding), so unit i sees pixels start + i·jump .. start + i·jump + field - 1. When a layer's input was made by
     an operation that is not a module (``torch.flatten``, ``x + y``, ``torch.cat``), its field
     is taken from the most recent row, which is exact for a chain and an approximation across
     branches. Activations, bytes and MACs are per example; biases and pooling cost no MACs.
@@ -392,9 +412,9 @@ def summarize(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
 
     # receptive fields per tensor identity (`calls` holds every tensor, so ids stay unique)
     spatial = len(shape) - 1
-    fields: dict[int, tuple[Field, Field] | None] = {
-        id(x): ((1,) * spatial, (1,) * spatial) if spatial else None}
-    last: tuple[Field, Field] | None = fields[id(x)]
+    fields: dict[int, Fields | None] = {
+        id(x): ((1,) * spatial, (1,) * spatial, (0,) * spatial) if spatial else None}
+    last: Fields | None = fields[id(x)]
     rows: list[Row] = []
     seen: dict[nn.Module, int] = {}
     for m, inp, output in calls:
@@ -404,7 +424,7 @@ def summarize(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
         owned = _owned(m) if seen[m] == 1 else (0, 0, 0)
         if y is None:
             rows.append(Row(name if seen[m] == 1 else f"{name} ({seen[m]})", type(m).__name__,
-                            None, "-", *owned, 0, 0, None, None, 0))
+                            None, "-", *owned, 0, 0, None, None, None, 0))
             continue
         field_in = fields.get(id(inp), last) if inp is not None else last
         if id(y) in fields and y is not inp:
@@ -418,11 +438,12 @@ def summarize(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
         rows.append(Row(
             name if seen[m] == 1 else f"{name} ({seen[m]})", type(m).__name__, tuple(y.shape),
             volume(per_example), *owned, acts, acts * y.element_size(),
-            new[0] if new else None, new[1] if new else None, _macs(m, inp, y, batch_size)))
+            new[0] if new else None, new[1] if new else None, new[2] if new else None,
+            _macs(m, inp, y, batch_size)))
     for m in rows_of:                       # never called, but owns parameters
         if m not in seen and any(_owned(m)):
             rows.append(Row(names[m] or type(m).__name__, type(m).__name__, None, "-",
-                            *_owned(m), 0, 0, None, None, 0))
+                            *_owned(m), 0, 0, None, None, None, 0))
 
     uniq = {id(p): p for p in model.parameters()}.values()
     skip = {id(b) for mod in model.modules() for n, b in mod.named_buffers(recurse=False)
