@@ -5,11 +5,15 @@ Every method works on any cnnlab model and on both kernels, with targets named a
 names layers (:mod:`cnnlab.visualize.targets`).
 """
 
+from cnnlab.visualize.gradients import METHODS, deconvnet, gradients, guided, saliency
+from cnnlab.visualize.maps import feature_maps, first_filters
 from cnnlab.visualize.targets import (
     Probe,
     Target,
     as_target,
     as_targets,
+    check_images,
+    inspecting,
     layer_names,
     parse_target,
     resolve_layer,
@@ -17,5 +21,6 @@ from cnnlab.visualize.targets import (
     target_values,
 )
 
-__all__ = ["Probe", "Target", "as_target", "as_targets", "layer_names", "parse_target",
-           "resolve_layer", "select", "target_values"]
+__all__ = ["METHODS", "Probe", "Target", "as_target", "as_targets", "check_images", "deconvnet",
+           "feature_maps", "first_filters", "gradients", "guided", "inspecting", "layer_names",
+           "parse_target", "resolve_layer", "saliency", "select", "target_values"]

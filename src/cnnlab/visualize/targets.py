@@ -22,9 +22,10 @@ torch.Size([2, 2])
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
@@ -33,8 +34,9 @@ from torch import nn
 
 from cnnlab.errors import ModelError, ShapeError
 
-__all__ = ["Probe", "Reduce", "Target", "TargetLike", "as_target", "as_targets", "layer_names",
-           "parse_target", "resolve_layer", "select", "target_values"]
+__all__ = ["Probe", "Reduce", "Target", "TargetLike", "as_target", "as_targets", "check_images",
+           "inspecting", "layer_names", "parse_target", "resolve_layer", "select",
+           "target_values"]
 
 # how a channel without a position becomes one number per image: its strongest unit (the
 # neuron Zeiler and Fergus look at) or the mean over its map (Lucid's "channel" objective)
@@ -181,8 +183,11 @@ def select(output: torch.Tensor, target: Target, reduce: Reduce = "max") -> torc
                          f"{output.shape[1]} ({kind}s 0..{output.shape[1] - 1})")
     maps = output[:, target.channel]                               # N x *map
     if target.position is None:
-        flat = maps.reshape(len(maps), -1)
-        return flat.amax(dim=1) if reduce == "max" else flat.mean(dim=1)
+        flat = maps.reshape(len(maps), -1)                         # N x units
+        if reduce == "mean":
+            return flat.mean(dim=1)
+        # one unit, the first strongest: amax would share its gradient among tied units
+        return flat.gather(1, flat.argmax(dim=1, keepdim=True)).squeeze(1)
     size = tuple(maps.shape[1:])
     if len(target.position) != len(size) or any(
             p >= n for p, n in zip(target.position, size, strict=False)):
@@ -206,6 +211,47 @@ def target_values(model: nn.Module, x: torch.Tensor, targets: TargetLike | Seque
     columns = [select(scores if t.layer is None else probes[t.layer].output, t, reduce)
                for t in chosen]
     return torch.stack(columns, dim=1)
+
+
+def check_images(model: nn.Module, x: object) -> torch.Tensor:
+    """``x`` if it is a non-empty float batch the model takes: N x ``model.default_input_shape``
+    where the model declares one; else a one-line ShapeError naming the expected shape."""
+    name = type(model).__name__
+    expected = getattr(model, "default_input_shape", None)
+    want = "N x " + " x ".join(map(str, expected)) if expected else "N x C x ..."
+    if not isinstance(x, torch.Tensor):
+        raise ShapeError(f"images must be a tensor ({want}), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ShapeError(f"images must be floating point (the model's normalised input), got "
+                         f"{x.dtype}; convert with x.float() / 255 and normalise")
+    if x.dim() >= 1 and len(x) == 0:
+        raise ShapeError(f"no images given (shape {tuple(x.shape)}); pass at least one, {want}")
+    if expected and tuple(x.shape[1:]) != tuple(expected):
+        hint = ("; add a batch dimension with x.unsqueeze(0)"
+                if tuple(x.shape) == tuple(expected) else "")
+        raise ShapeError(f"images of shape {tuple(x.shape)} do not fit {name}, which takes "
+                         f"{want}{hint}")
+    if x.dim() < 2:
+        raise ShapeError(f"images must be {want}, got shape {tuple(x.shape)}")
+    return x
+
+
+@contextlib.contextmanager
+def inspecting(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and parameters that take no gradient for the block; each module's mode and
+    each parameter's ``requires_grad`` are restored on exit, also on error."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 class _probes:
