@@ -28,7 +28,17 @@ def _cheap(name):
     return summarize(model, shape).totals.macs <= 400_000_000
 
 
+def _task(name):
+    """What the model declares it is trained for (``task``; classifiers leave it out)."""
+    with torch.device("meta"):
+        return getattr(models.create(name), "task", "classification")
+
+
 SMALL = [n for n in models.names() if _cheap(n)]
+# the tests of class scores; autoencoders (task "reconstruction") have their own in
+# test_autoencoder.py, and share the kernel and layer-name tests here
+CLASSIFIERS = [n for n in models.names() if _task(n) == "classification"]
+SMALL_CLASSIFIERS = [n for n in SMALL if n in CLASSIFIERS]
 IMAGENET = [n for n in models.names() if models.info(n).input_shape[-1] > 64]
 
 
@@ -41,7 +51,7 @@ def _device(name):
     return "cpu" if name in SMALL else "meta"
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_output_shape_at_an_unusual_class_count(name):
     device = _device(name)
     model = _build(name, device, num_classes=42)
@@ -50,7 +60,7 @@ def test_output_shape_at_an_unusual_class_count(name):
     assert model(torch.zeros(2, *shape, device=device)).shape == (2, 42)
 
 
-@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("name", SMALL_CLASSIFIERS)
 def test_forward_shape_and_every_parameter_learns(name):
     torch.manual_seed(0)
     model = models.create(name, num_classes=42)
@@ -86,7 +96,7 @@ def test_both_kernels_give_equal_results(name):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10 * max(1.0, b.abs().max().item()))
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_common_interface(name):
     device = _device(name)
     model = _build(name, device, num_classes=7).eval()
@@ -180,7 +190,7 @@ def test_layers_by_the_chapters_names(name):
         model.layer("fc99")
 
 
-LARGE = [n for n in models.names() if n not in SMALL]
+LARGE = [n for n in CLASSIFIERS if n not in SMALL]
 
 
 @pytest.mark.slow
@@ -199,7 +209,7 @@ def test_forward_and_backward_at_the_native_input_size(name):
     assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_in_channels_reaches_the_first_layer_and_the_input_shape(name):
     """Grey images (MNIST) into an RGB architecture, or colour into LeNet: the trainer checks
     the data against ``default_input_shape``, so it must follow ``in_channels``."""

@@ -312,7 +312,8 @@ def max_unpool(y: torch.Tensor, switches: torch.Tensor, kernel: IntOrTuple,
         if len(size) != d:
             raise ShapeError(f"max_unpool: output_size must give {d} spatial sizes, got {output_size!r}")
     _check_positive(size, "output_size", "max_unpool")
-    if switches.numel() and int(switches.max()) >= _prod(size):
+    # (a meta tensor, as cnnlab.inspect traces shapes with, holds no switch values to check)
+    if switches.numel() and not switches.is_meta and int(switches.max()) >= _prod(size):
         raise ShapeError(f"max_unpool: a switch points outside the output size {size}; pass the "
                          "size of the tensor that was pooled as output_size")
     return _impl().max_unpool(y, switches, size)

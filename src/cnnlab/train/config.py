@@ -22,6 +22,7 @@ from cnnlab.errors import CnnlabError, ConfigError
 KERNELS = ("native", "reference")
 SCHEDULES = ("step", "constant", "cosine", "onecycle", "plateau")
 AMP = ("none", "bf16", "fp16")
+LOSSES = ("auto", "mse", "l1", "bce")
 DATA = (*_data.names(), FOLDER)   # the registry's data sets, and image folders
 OUT = "runs/{model}-{data}"                      # where a run goes when ``out`` is not given
 COMMAND_LINE = "command line"                    # the ``source`` of values from `cnnlab train`
@@ -155,6 +156,13 @@ class TrainConfig:
                                         "chapter name such as conv5 or fc6, or a module path",
                                         "a layer name such as conv5 or fc6", _path_or_none,
                                         metavar="LAYER")
+    # -- what an autoencoder learns (8.5.2; cnnlab.train.reconstruction)
+    loss: str = _setting("auto", "reconstruction loss of an autoencoder: mse (Eq. 8.6, per "
+                         "pixel), l1, or bce (sigmoid outputs); auto: mse for autoencoders, "
+                         "cross-entropy for classifiers", choices=LOSSES)
+    denoise: float = _setting(0.0, "denoising autoencoder: Gaussian noise of this std (in "
+                              "[0, 1] pixels) on the input, the clean image as target; 0: off",
+                              "a number >= 0 (0: no noise)", lambda v: v >= 0, metavar="SIGMA")
     # -- outputs beside metrics.jsonl
     tensorboard: bool = _setting(True, "TensorBoard events in RUN/tensorboard/")
     plots: bool = _setting(True, "RUN/curves.png and RUN/confusion.png at the end")

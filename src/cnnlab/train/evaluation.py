@@ -80,6 +80,7 @@ def evaluate_members(members: Sequence[Member], dataset: ImageDataset, batch_siz
     n = len(dataset)
     part = dataset if not ctx.distributed else dataset.subset(
         slice(ctx.rank * n // ctx.world_size, (ctx.rank + 1) * n // ctx.world_size))
+    start = 0 if not ctx.distributed else ctx.rank * n // ctx.world_size   # of ``part``
     norms = [normalizer(m.mean, m.std, device) for m in members]
     modes = [m.model.training for m in members]
     totals: list[Sums] = [{} for _ in members]
@@ -91,17 +92,21 @@ def evaluate_members(members: Sequence[Member], dataset: ImageDataset, batch_siz
         batches = Batches(part, batch_size, device, num_workers=num_workers if part.lazy else 0)
         for x, y in tqdm(batches if len(part) else (), desc=desc, unit="batch", leave=False,
                          dynamic_ncols=True, disable=None if progress else True):
-            predictions = []
+            predictions, targets = [], []
             for m, norm, sums in zip(members, norms, totals, strict=True):
-                p = m.task.combine([m.task.predict(m.model(norm(v))) for v in views(x)])
-                _add(sums, m.task.eval_sums(p, y))
+                # the task's inputs and target, keyed by the batch's place in the data set
+                inputs, target = m.task.prepare(x, y, train=False, key=start)
+                p = m.task.combine([m.task.predict(m.model(norm(v))) for v in views(inputs)])
+                _add(sums, m.task.eval_sums(p, target))
                 predictions.append(p)
+                targets.append(target)
+            start += len(x)
             if keep:
                 for into, p in zip(kept, predictions, strict=True):
                     into.append(p.cpu())
             if len(members) > 1:
                 first = members[0].task
-                _add(ensemble, first.eval_sums(first.combine(predictions), y))
+                _add(ensemble, first.eval_sums(first.combine(predictions), targets[0]))
     finally:
         for m, mode in zip(members, modes, strict=True):
             m.model.train(mode)

@@ -40,7 +40,7 @@ from cnnlab.train.distributed import Context
 from cnnlab.train.evaluation import Member, evaluate_members
 from cnnlab.train.run import CHECKPOINT, RunFolder
 from cnnlab.train.state import Diverged, EpochTotals, RunState, StepRecipe
-from cnnlab.train.tasks import Classification, Task
+from cnnlab.train.tasks import Task, task_for
 
 if TYPE_CHECKING:
     from cnnlab.train.transfer import TransferReport  # it imports this module
@@ -160,6 +160,8 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
             optim.set_lr(optimizer, r.lr_at(t.global_step))
         if r.augment is not None:
             x = r.augment(x, r.generator)
+        # the task's inputs and target from the raw batch (a key per step and process)
+        x, y = task.prepare(x, y, train=True, key=t.global_step * ctx.world_size + ctx.rank)
         x = normalize(x)
         if r.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -311,8 +313,11 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, task: Task | N
           resume: bool = False) -> dict[str, Any]:
     """Train ``config.model`` (or the given ``model``) on ``config.data``; save the run folder.
 
-    ``task``: what is learned (default: :class:`~cnnlab.train.tasks.Classification` of the
-    data set's classes); see :mod:`cnnlab.train.tasks` for adding one.
+    ``task``: what is learned (default: the model's declared task,
+    :func:`~cnnlab.train.tasks.task_for`: :class:`~cnnlab.train.tasks.Classification` of the
+    data set's classes, or an autoencoder's
+    :class:`~cnnlab.train.reconstruction.Reconstruction`); see :mod:`cnnlab.train.tasks` for
+    adding one.
 
     The run folder ``config.out`` gets ``config.json`` at the start, one line of
     ``metrics.jsonl`` per epoch, ``checkpoint.safetensors`` at each epoch's end (and every
@@ -383,9 +388,9 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, task: Task | N
                 model.to(device)
                 if config.channels_last:
                     model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-                if task is None:
-                    task = Classification(model, max(train_ds.num_classes, test_ds.num_classes),
-                                          config.label_smoothing, test_ds.classes)
+                if task is None:            # the model's declared task (classification)
+                    task = task_for(model, config, max(train_ds.num_classes,
+                                                       test_ds.num_classes), test_ds.classes)
                 rs = _run_state(model, config, run, device, train_ds, augment, task, ctx)
                 first, totals = (1, EpochTotals(device)) if state is None else rs.restore(state)
                 run.start(config, state["records"] if state is not None else None)

@@ -70,6 +70,16 @@ class Task:
     # the figures a report shows (a column each in `cnnlab eval`'s table)
     headline: ClassVar[tuple[str, ...]] = ("loss",)
 
+    def prepare(self, x: torch.Tensor, y: Any, *, train: bool, key: int
+                ) -> tuple[torch.Tensor, Any]:
+        """``(inputs, target)`` of a batch of images in [0, 1] (augmented, not yet
+        normalised) and the data set's targets ``y``; default: ``(x, y)``. Training and
+        evaluation both call it. Anything random must be drawn from ``key`` (with ``train``:
+        unique to each training step and process, or the batch's position in the test set),
+        never from hidden state, so that a resumed run draws the same (e.g. a denoising
+        autoencoder's noise, :mod:`cnnlab.train.reconstruction`)."""
+        return x, y
+
     def loss(self, output: Any, target: Any) -> torch.Tensor:
         """The training objective on a batch: a 0-d tensor, the mean over its examples."""
         raise NotImplementedError
@@ -100,6 +110,11 @@ class Task:
     def summary(self, figures: Mapping[str, Any]) -> str:
         """One line that says how good the figures are, for the end of a run."""
         return f"test {self.monitor} {figures[self.monitor]:.4g}"
+
+    @classmethod
+    def describe(cls, figures: Mapping[str, Any]) -> str:
+        """The headline figures in words, as ``cnnlab eval`` prints them for one run."""
+        return ", ".join(f"{k} {figures[k]:.4g}" for k in cls.headline)
 
     def write_outputs(self, folder: Path, sums: Mapping[str, torch.Tensor],
                       records: Sequence[Mapping[str, Any]], plots: bool) -> None:
@@ -180,6 +195,12 @@ class Classification(Task):
         return (f"test accuracy {100 * figures['top1']:.2f}% "
                 f"(error {100 * figures['error']:.2f}%)")
 
+    @classmethod
+    def describe(cls, figures: Mapping[str, Any]) -> str:
+        return (f"top-1 accuracy {100 * figures['top1']:.2f}% (error "
+                f"{100 * figures['error']:.2f}%), top-5 {100 * figures['top5']:.2f}%, loss "
+                f"{figures['loss']:.4f}")
+
     def write_outputs(self, folder: Path, sums: Mapping[str, torch.Tensor],
                       records: Sequence[Mapping[str, Any]], plots: bool) -> None:
         """The last evaluation's confusion matrix (JSON) and, with ``plots``, the PNG plots."""
@@ -192,3 +213,46 @@ class Classification(Task):
             from cnnlab.train.plots import write_plots
 
             write_plots(folder, list(records), matrix, names)
+
+
+# -- which task a model trains with ------------------------------------------------------------
+
+def task_name(model: nn.Module) -> str:
+    """The task a model declares (its ``task`` attribute, e.g. the autoencoders'
+    ``"reconstruction"``); classifiers declare none: ``"classification"``."""
+    return str(getattr(model, "task", Classification.name))
+
+
+def task_class(name: str) -> type[Task]:
+    """The :class:`Task` subclass called ``name``."""
+    if name == Classification.name:
+        return Classification
+    from cnnlab.train.reconstruction import Reconstruction  # it imports this module
+
+    if name == Reconstruction.name:
+        return Reconstruction
+    raise CnnlabError(f"unknown task {name!r}: cnnlab trains classification and "
+                      "reconstruction (autoencoders); write a Task and pass it to train(task=...)")
+
+
+def task_for(model: nn.Module, config: Any, num_classes: int = 0,
+             classes: Sequence[str] = ()) -> Task:
+    """The task that trains (and evaluates) ``model`` under the settings ``config`` (a
+    :class:`~cnnlab.train.TrainConfig`): the model's declared task (:func:`task_name`),
+    built from the settings that concern it; settings of another task are refused."""
+    name = task_name(model)
+    if name == Classification.name:
+        for setting, value, off in (("loss", config.loss, "auto"),
+                                    ("denoise", config.denoise, 0.0)):
+            if value != off:
+                raise CnnlabError(f"{setting}={value!r} is a setting of autoencoders, but "
+                                  f"{config.model!r} is a classifier (cross-entropy); drop "
+                                  f"--{setting}")
+        return Classification(model, num_classes, config.label_smoothing, classes)
+    task = task_class(name)
+    from_config = getattr(task, "from_config", None)
+    if not callable(from_config):
+        raise CnnlabError(f"task {name!r} has no from_config(config); pass the task to "
+                          "train(task=...)")
+    built: Task = from_config(config)
+    return built
