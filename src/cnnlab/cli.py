@@ -191,6 +191,7 @@ examples:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from cnnlab.train.ensemble import evaluate_ensemble
+    from cnnlab.train.tasks import task_class
 
     # one path: a single run is an ensemble of one, its row what it reports alone
     result = evaluate_ensemble(args.runs, data=args.data, data_dir=args.data_dir,
@@ -200,11 +201,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if len(args.runs) == 1 and args.tta == "none":
         m = {**result["members"][0], "data": result["data"], "split": result["split"]}
         print(json.dumps(m, indent=2) if args.json else
-              f"{m['data']} {m['split']}: top-1 accuracy {100 * m['top1']:.2f}% (error "
-              f"{100 * m['error']:.2f}%), top-5 {100 * m['top5']:.2f}%, loss {m['loss']:.4f} on "
+              f"{m['data']} {m['split']}: {task_class(result['task']).describe(m)} on "
               f"{m['n']:,} images")
         return 0
-    print(json.dumps(result, indent=2) if args.json else _ensemble_table(result))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(_ensemble_table(result) if result["task"] == "classification"
+              else _figures_table(result))
     return 0
 
 
@@ -233,6 +237,23 @@ def _ensemble_table(result: dict[str, Any]) -> str:
     for run, model, m in rows:
         lines.append(f"{run:<{w_run}}  {model:<{w_model}}  {100 * m['top1']:>6.2f}%  "
                      f"{100 * m['top5']:>6.2f}%  {100 * m['error']:>6.2f}%  {m['loss']:>7.4f}")
+    return "\n".join(lines)
+
+
+def _figures_table(result: dict[str, Any]) -> str:
+    """:func:`_ensemble_table` for another task than classification: a column per headline
+    figure of the task (autoencoders: mse, psnr, loss)."""
+    rows = [(m["run"], m["model"], m) for m in result["members"]]
+    if len(rows) > 1:
+        rows.append((f"ensemble of {len(rows)}", "mean output", result["ensemble"]))
+    keys = [k for k in result["members"][0] if k not in ("run", "model", "n")]
+    w_run = max(len("run"), *(len(r[0]) for r in rows))
+    w_model = max(len("model"), *(len(r[1]) for r in rows))
+    lines = [f"{result['data']} {result['split']}, {result['n']:,} images",
+             f"{'run':<{w_run}}  {'model':<{w_model}}  " + "  ".join(f"{k:>9}" for k in keys)]
+    for run, model, m in rows:
+        lines.append(f"{run:<{w_run}}  {model:<{w_model}}  "
+                     + "  ".join(f"{m[k]:>9.4g}" for k in keys))
     return "\n".join(lines)
 
 

@@ -24,6 +24,14 @@ class RunInfo:
     mean: tuple[float, ...]               # per channel, what the inputs were normalised with
     std: tuple[float, ...]
     classes: tuple[str, ...]
+    task: str = "classification"          # what it learned (the weights' metadata "task")
+
+
+def check_task(run: RunInfo, wanted: str, tool: str) -> None:
+    """Refuse a run of another task than ``wanted`` for ``tool`` (e.g. ``"cnnlab features"``)."""
+    if run.task != wanted:
+        raise CnnlabError(f"{run.path} is a {run.task} run ({run.model}), but {tool} needs a "
+                          f"{wanted} run; pass a run of a model trained for {wanted}")
 
 
 def run_info(run_dir: str | os.PathLike[str]) -> RunInfo:
@@ -43,7 +51,7 @@ def run_info(run_dir: str | os.PathLike[str]) -> RunInfo:
         raise CnnlabError(f"{path / WEIGHTS} lacks the trainer's metadata (input_shape, mean, "
                           "std, num_classes); train the run again with `cnnlab train`") from None
     return RunInfo(path, config, str(meta.get("model", config.model)), (c, h, w), mean, std,
-                   classes)
+                   classes, str(meta.get("task", "classification")))
 
 
 def run_data(run: RunInfo, data: str | None = None, data_dir: str | None = None,

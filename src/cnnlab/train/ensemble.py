@@ -40,7 +40,7 @@ from cnnlab.train._runs import RunInfo, run_data, run_info
 from cnnlab.train.evaluation import Member, Views, evaluate_members
 from cnnlab.train.loop import resolve_device
 from cnnlab.train.run import load_run
-from cnnlab.train.tasks import Classification, Task
+from cnnlab.train.tasks import Classification, Task, task_for
 
 TTA = ("none", "flip", "crops")
 Tta = Literal["none", "flip", "crops"]
@@ -108,29 +108,34 @@ def evaluate_ensemble(run_dirs: Sequence[str | os.PathLike[str]], data: str | No
     The runs must tell the same classes apart at the same input size; each member sees the
     images normalised as it was trained. ``data`` defaults to the members' own data set (which
     must then be the same one). Returns (JSON-ready) ``data``, ``split``, ``tta``, ``n``,
-    ``members`` (one dict per run: ``run``, ``model``, ``top1``, ``top5``, ``error``,
-    ``loss``, ``n``) and ``ensemble`` (the same figures, and ``members``: how many). ``loss``
-    is the mean negative log-probability of the right class. One run is an ensemble of one:
-    its row is what :func:`evaluate_run` reports.
+    ``task`` (the runs' task), ``members`` (one dict per run: ``run``, ``model``, the task's
+    headline figures -- classification: ``top1``, ``top5``, ``error``, ``loss``;
+    reconstruction: ``mse``, ``psnr``, ``loss`` -- and ``n``) and ``ensemble`` (the same
+    figures, and ``members``: how many). A classifier's ``loss`` is the mean negative
+    log-probability of the right class; autoencoders' reconstructions are averaged. One run
+    is an ensemble of one: its row is what :func:`evaluate_run` reports.
     """
     _check_tta(tta)
     runs = _member_infos(run_dirs, same_data=data is None)
     first = runs[0]
+    if tta != "none" and first.task != Classification.name:
+        raise CnnlabError(f"test-time views (--tta {tta}) average class probabilities, but "
+                          f"{first.path} is a {first.task} run; drop --tta")
     ds = run_data(first, data, data_dir, split)
     views = test_views(tta, ds.image_shape, crop_padding)
     device = resolve_device("auto")
     members = []
     for run in runs:
         model, _ = load_run(run.path)
-        members.append(Member(model.to(device), Classification(model, len(run.classes),
-                                                               classes=run.classes),
-                              run.mean, run.std))
+        task = task_for(model, run.config, len(run.classes), run.classes)
+        members.append(Member(model.to(device), task, run.mean, run.std))
     result = evaluate_members(members, ds, batch_size, views=views, progress=progress,
                               desc="evaluate " + ", ".join(r.path.name for r in runs))
     task = members[0].task
     rows = [{"run": str(run.path), "model": run.model, **_headline(task, row, result.n)}
             for run, row in zip(runs, result.members, strict=True)]
-    return {"data": ds.name, "split": split, "tta": tta, "n": result.n, "members": rows,
+    return {"data": ds.name, "split": split, "tta": tta, "n": result.n, "task": task.name,
+            "members": rows,
             "ensemble": {"members": len(runs), **_headline(task, result.ensemble, result.n)}}
 
 
@@ -170,6 +175,10 @@ def _member_infos(run_dirs: Sequence[str | os.PathLike[str]], same_data: bool
     runs = [run_info(p) for p in paths]
     first = runs[0]
     for run in runs[1:]:
+        if run.task != first.task:
+            raise CnnlabError(f"{run.path} is a {run.task} run but {first.path} a {first.task} "
+                              "run; an ensemble averages one task's predictions: use runs of "
+                              "one task")
         if run.classes != first.classes:
             raise CnnlabError(
                 f"{run.path} tells {len(run.classes)} classes apart ({_few(run.classes)}) but "

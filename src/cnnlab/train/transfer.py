@@ -66,6 +66,9 @@ class LoadReport:
     loaded: tuple[str, ...]     # state-dict entries copied into the model
     skipped: tuple[str, ...]    # the source's output layer, left out: made for another class count
     fresh: tuple[str, ...]      # the model's output layer, kept as initialised (when skipped)
+    # from an autoencoder (pretraining, 8.5.2): the encoder layers copied, by chapter name
+    # (then ``fresh`` holds every entry of the model left as initialised)
+    layers: tuple[str, ...] = ()
 
 
 def classifier_names(model: nn.Module) -> tuple[str, ...]:
@@ -210,6 +213,44 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike[str], *,
     return LoadReport(str(path), tuple(chosen), skipped, fresh)
 
 
+def load_encoder(model: nn.Module, run_dir: str | os.PathLike[str]) -> LoadReport:
+    """Pretraining (8.5.2's last paragraph): copy the encoder layers of an autoencoder run
+    into ``model`` (a classifier), layer by layer, where the chapter's name is the same and
+    every parameter of the layer has the same shape (``cae_lenet5``'s c1 and c3 into
+    ``lenet5_modern``); the rest of ``model`` keeps its initial weights.
+
+    >>> model = models.create("lenet5_modern")                       # doctest: +SKIP
+    >>> load_encoder(model, "runs/cae_lenet5-mnist").layers         # doctest: +SKIP
+    ('c1', 'c3')
+    """
+    source, _ = load_run(run_dir)
+    encoder = tuple(getattr(source, "encoder_layers", ()))
+    own = getattr(model, "chapter_layers", {})
+    taken: dict[str, torch.Tensor] = {}
+    layers = []
+    for name in encoder:
+        if name not in own:
+            continue
+        theirs = dict(_find_layer(source, name).named_parameters())
+        path = own[name]
+        ours = dict(model.get_submodule(path).named_parameters())
+        if theirs.keys() == ours.keys() and all(theirs[k].shape == ours[k].shape for k in ours):
+            layers.append(name)
+            taken.update({f"{path}.{k}": v.detach() for k, v in theirs.items()})
+    if not layers:
+        names = ", ".join(own) or "none"
+        raise ModelError(f"no encoder layer of {run_dir} ({', '.join(encoder) or 'none'}) has "
+                         f"the name and shapes of a layer of {type(model).__name__} ({names}); "
+                         "pretrain an autoencoder whose encoder matches (cae_lenet5 for "
+                         "lenet5_modern)")
+    with torch.no_grad():
+        target = model.state_dict()
+        for k, v in taken.items():
+            target[k].copy_(v)
+    fresh = tuple(k for k in model.state_dict() if k not in taken)
+    return LoadReport(str(Path(run_dir) / WEIGHTS), tuple(taken), (), fresh, tuple(layers))
+
+
 def _shape(t: torch.Tensor) -> str:
     return "x".join(map(str, t.shape)) or "scalar"
 
@@ -307,7 +348,12 @@ class TransferReport:
 
     def summary(self) -> str:
         parts = []
-        if self.loaded is not None:
+        if self.loaded is not None and self.loaded.layers:
+            done = self.loaded
+            parts.append(f"--init {done.source}: the autoencoder's encoder layers "
+                         f"{', '.join(done.layers)} ({len(done.loaded)} tensors) copied, the "
+                         f"other {len(done.fresh)} tensors keep their initial weights")
+        elif self.loaded is not None:
             done = self.loaded
             head = (f"output layer replaced (the file's {_first(done.skipped)} are for another "
                     "class count)" if done.skipped else "output layer loaded too")
@@ -333,12 +379,27 @@ def apply_transfer(model: nn.Module, init: str | None = None, layer: str | None 
     neither is asked for."""
     if not init and not layer:
         return None
-    loaded = load_pretrained(model, init) if init and not resumed else None
+    loaded = None
+    if init and not resumed:
+        loaded = (load_encoder(model, init) if _pretrains(init, model)
+                  else load_pretrained(model, init))
     frozen = freeze_until(model, layer) if layer else None
     params = list(model.parameters())
     return TransferReport(init, loaded, layer, frozen,
                           sum(p.numel() for p in params if p.requires_grad),
                           sum(p.numel() for p in params))
+
+
+def _pretrains(source: str, model: nn.Module) -> bool:
+    """True when ``source`` is an autoencoder's run folder and ``model`` is not one: --init
+    then copies the encoder's layers (:func:`load_encoder`), not the whole network."""
+    from cnnlab.train.tasks import task_name
+
+    path = Path(source)
+    if not (path.is_dir() and (path / WEIGHTS).is_file()):
+        return False
+    from_autoencoder = run_info(path).task == "reconstruction"
+    return from_autoencoder and task_name(model) != "reconstruction"
 
 
 def _find_layer(model: nn.Module, name: str) -> nn.Module:
