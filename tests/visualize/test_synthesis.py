@@ -15,7 +15,7 @@ from cnnlab import ops
 from cnnlab.errors import CnnlabError, OptionError, ShapeError
 from cnnlab.visualize.synthesis import input_range, synthesize, to_pixels
 
-PLAIN = {"jitter": 0, "blur": 0.0, "clip": None, "parameterization": "pixel"}
+PLAIN = {"noise": 0.0, "jitter": 0, "blur": 0.0, "clip": None, "parameterization": "pixel"}
 
 
 @pytest.fixture(autouse=True)
@@ -98,18 +98,33 @@ def test_blur_multiplies_each_frequency_by_the_gaussian_gain():
     checker = (torch.arange(8).view(-1, 1) + torch.arange(8).view(1, -1)) % 2 * 2.0 - 1
     model = LinearScore(checker.view(1, 8, 8).double())
     sigma, a = 0.6, 0.5
-    x = synthesize(model, 0, steps=1, lr=a, l2=0.0, jitter=0, blur=sigma, blur_every=1)
+    x = synthesize(model, 0, steps=1, lr=a, l2=0.0, noise=0.0, jitter=0, blur=sigma,
+                   blur_every=1)
     gain = math.exp(-2 * math.pi ** 2 * sigma ** 2 * 0.5)
     torch.testing.assert_close(x[0, 0], a * gain * checker.double(), rtol=1e-10, atol=1e-10)
 
 
-def test_same_seed_same_images_other_seed_other_jitter():
+@pytest.mark.parametrize("random", [{"noise": 0.0, "jitter": 2}, {"noise": 0.3, "jitter": 0}],
+                         ids=["jitter", "noise"])
+def test_same_seed_same_images_other_seed_other_images(random):
     model = TinyNet()
-    kw = {"steps": 12, "lr": 0.5, "jitter": 2, "blur": 0.5, "blur_every": 3}
+    kw = {"steps": 12, "lr": 0.5, "blur": 0.5, "blur_every": 3, **random}
     a = synthesize(model, [1, ("conv1", 2)], seed=3, **kw)
     torch.testing.assert_close(a, synthesize(model, [1, ("conv1", 2)], seed=3, **kw),
                                rtol=0, atol=0)
     assert not torch.equal(a, synthesize(model, [1, ("conv1", 2)], seed=4, **kw))
+
+
+def test_a_network_dead_at_the_zero_image_needs_a_noisy_start():
+    model = TinyNet()
+    with torch.no_grad():
+        model.features.conv1.bias.fill_(-0.5)        # every conv1 unit negative at x = 0
+    still = synthesize(model, [0, 1], steps=10, **PLAIN)
+    assert torch.equal(still, torch.zeros_like(still))                    # dJ/dx = 0 there
+    moved = synthesize(model, [0, 1], steps=10, **{**PLAIN, "noise": 1.0})
+    with torch.no_grad():
+        start = model.fc.bias[:2]                    # the scores at (and near) the dead start
+        assert (_own(model, moved, [0, 1]) > start + 0.1).all()
 
 
 @pytest.mark.parametrize("parameterization", ["pixel", "fourier"])
@@ -134,7 +149,7 @@ def test_clip_keeps_every_pixel_in_range_per_channel(parameterization):
                          ids=["classes", "hidden"])
 def test_each_regulariser_raises_its_targets_from_the_zero_image(settings, targets):
     model = TinyNet().eval()
-    x = synthesize(model, targets, steps=30, lr=0.2, l2=0.01, **settings)
+    x = synthesize(model, targets, steps=30, lr=0.2, l2=0.01, noise=0.0, **settings)
     assert x.shape == (len(targets), 1, 8, 8) and torch.isfinite(x).all()
     with torch.no_grad():
         start = _own(model, torch.zeros_like(x), targets)
@@ -205,7 +220,7 @@ def test_input_range_and_to_pixels_invert_the_normalisation():
     ({"steps": 0}, "steps=0"), ({"steps": 2.5}, "steps=2.5"), ({"steps": True}, "steps=True"),
     ({"lr": 0}, "lr=0"), ({"lr": float("nan")}, "lr=nan"), ({"l2": -0.1}, "l2=-0.1"),
     ({"jitter": -1}, "jitter=-1"), ({"blur": -1.0}, "blur=-1.0"),
-    ({"blur_every": 0}, "blur_every=0"), ({"parameterization": "wavelet"}, "'wavelet'"),
+    ({"blur_every": 0}, "blur_every=0"), ({"noise": -1}, "noise=-1"), ({"parameterization": "wavelet"}, "'wavelet'"),
     ({"clip": (1.0, -1.0)}, "is empty"), ({"clip": ((0.0, 0.0, 0.0), 1.0)}, "3 and 1 values"),
     ({"clip": 3.0}, "clip must be (lo, hi)"), ({"shape": (1, 28, 28)}, "(1, 8, 8)"),
 ])

@@ -3,8 +3,12 @@ to see, found by gradient ascent on the image while the learned weights stay fix
 
 The chapter's objective is ``J(x) = o(x) - lambda * ||x||^2``, climbed from a zero image with
 ``x <- x + alpha * dJ/dx`` (Eq. 8.4). :func:`synthesize` does exactly that when its
-regularisers are off (``jitter=0, blur=0, clip=None, parameterization="pixel"``). The
-regularisers that make the pictures readable (Yosinski et al. 2015; Olah et al. 2017, Lucid):
+regularisers are off (``noise=0, jitter=0, blur=0, clip=None, parameterization="pixel"``).
+The additions that make the pictures readable (Yosinski et al. 2015; Olah et al. 2017, Lucid):
+
+- ``noise``: start from Gaussian noise of that standard deviation instead of the zero image. A
+  trained ReLU network can be dead at the zero image, every unit of a layer negative there, so
+  that dJ/dx = 0 and Eq. 8.4 never moves: lenet5_modern on MNIST is (its C1 units all are);
 
 - ``jitter``: shift the image by up to that many pixels (circularly, the same random shift for
   every image of the batch, drawn from ``seed``) before each forward pass, so the image must
@@ -51,11 +55,12 @@ ProgressFn = Callable[[int, torch.Tensor], None]      # (step, objective J per t
 
 # defaults tuned on lenet5_modern / MNIST (benchmarks/class_images.py measures them)
 STEPS = 200
-LR = 0.1
+LR = 1.0
 L2 = 0.01
 JITTER = 2
 BLUR = 0.5
 BLUR_EVERY = 4
+NOISE = 0.5
 
 
 def input_range(mean: Sequence[float], std: Sequence[float],
@@ -103,6 +108,7 @@ def synthesize(model: nn.Module, targets: TargetLike | Sequence[TargetLike], *,
                steps: int = STEPS, lr: float = LR, l2: float = L2, jitter: int = JITTER,
                blur: float = BLUR, blur_every: int = BLUR_EVERY, clip: Range | None = None,
                parameterization: Parameterization = "pixel", decay: float = 1.0,
+               noise: float = NOISE,
                shape: Sequence[int] | None = None, seed: int = 0,
                progress: bool | ProgressFn = False) -> torch.Tensor:
     """One image per target (T, C, H, W) in the model's input space, climbing
@@ -119,25 +125,33 @@ def synthesize(model: nn.Module, targets: TargetLike | Sequence[TargetLike], *,
     model runs in eval mode (each module's mode is restored) and no parameter gradient is
     accumulated.
 
-    With ``jitter=0, blur=0, clip=None, parameterization="pixel"`` this is Eq. 8.4 exactly.
+    ``noise``: the start is the zero image plus Gaussian noise of this standard deviation
+    (drawn from ``seed``; the same start for every target).
+
+    With ``noise=0, jitter=0, blur=0, clip=None, parameterization="pixel"`` this is Eq. 8.4
+    exactly.
     """
     chosen = as_targets(targets)
-    _check_settings(steps, lr, l2, jitter, blur, blur_every, parameterization, decay)
+    _check_settings(steps, lr, l2, jitter, blur, blur_every, parameterization, decay, noise)
     c, h, w = _image_shape(model, shape)
     first = next(iter(model.parameters()), None)
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     device = device_of(model)
     bounds = None if clip is None else _bounds(clip, c, dtype, device)
     image = _Image(len(chosen), c, h, w, parameterization, decay, dtype, device)
+    draws = torch.Generator().manual_seed(seed)
+    if noise:                      # one start for every target: a batch equals separate calls
+        with torch.no_grad():
+            start = noise * torch.randn(1, c, h, w, generator=draws, dtype=torch.float64)
+            image.set_pixels(start.to(dtype=dtype, device=device).expand(len(chosen), -1, -1, -1))
     blur_gain = _gaussian_gain(h, w, blur, dtype, device) if blur > 0 else None
-    shifts = torch.Generator().manual_seed(seed)
     report = _reporter(progress, steps)
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
         for step in range(1, steps + 1):
             x = image.pixels()                                        # T x C x H x W
-            dy, dx = (torch.randint(-jitter, jitter + 1, (2,), generator=shifts).tolist()
+            dy, dx = (torch.randint(-jitter, jitter + 1, (2,), generator=draws).tolist()
                       if jitter else (0, 0))
             seen = torch.roll(x, (dy, dx), dims=(2, 3)) if jitter else x
             o = target_values(model, seen, chosen, reduce="mean").diagonal()   # T
@@ -257,7 +271,7 @@ def _image_shape(model: nn.Module, shape: Sequence[int] | None) -> tuple[int, in
 
 
 def _check_settings(steps: int, lr: float, l2: float, jitter: int, blur: float,
-                    blur_every: int, parameterization: str, decay: float) -> None:
+                    blur_every: int, parameterization: str, decay: float, noise: float) -> None:
     def positive_int(v: object) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
@@ -271,7 +285,8 @@ def _check_settings(steps: int, lr: float, l2: float, jitter: int, blur: float,
                and jitter >= 0, "an int >= 0 (pixels; 0: off)"),
               ("blur", blur, number(blur) and blur >= 0, "a number >= 0 (pixels; 0: off)"),
               ("blur_every", blur_every, positive_int(blur_every), "an int >= 1 (steps)"),
-              ("decay", decay, number(decay) and decay >= 0, "a number >= 0")]
+              ("decay", decay, number(decay) and decay >= 0, "a number >= 0"),
+              ("noise", noise, number(noise) and noise >= 0, "a number >= 0 (0: the zero image)")]
     for name, value, ok, wanted in checks:
         if not ok:
             raise OptionError(f"{name}={value!r} is out of range: {name} must be {wanted}")
