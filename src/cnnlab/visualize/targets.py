@@ -178,9 +178,11 @@ def select(output: torch.Tensor, target: Target, reduce: Reduce = "max") -> torc
     if output.dim() < 2:
         raise ShapeError(f"{what} give shape {tuple(output.shape)}; a target needs (N, C, ...)")
     if target.channel >= output.shape[1]:
-        kind = "class" if target.layer is None else "channel"
-        raise ShapeError(f"{kind} {target.channel} is out of range: {what} have "
-                         f"{output.shape[1]} ({kind}s 0..{output.shape[1] - 1})")
+        kind, owner = (("class", "the model") if target.layer is None
+                       else ("channel", f"layer {target.layer!r}"))
+        raise ShapeError(f"{kind} {target.channel} is out of range: {owner} has "
+                         f"{output.shape[1]} {kind}{'es' if kind == 'class' else 's'} "
+                         f"(0..{output.shape[1] - 1})")
     maps = output[:, target.channel]                               # N x *map
     if target.position is None:
         flat = maps.reshape(len(maps), -1)                         # N x units
