@@ -38,6 +38,13 @@ def _net(text, shape, seed=0, positive=False):
     return net
 
 
+def _close(a, b, rtol=1e-7, atol=1e-10):
+    """allclose with shapes and the largest difference in the message (torch.testing's
+    assert_close imports torch.distributed on first use: seconds)."""
+    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
+    assert torch.allclose(a, b, rtol=rtol, atol=atol), float((a - b).abs().max())
+
+
 def _support(model, x, layer, channel, position):
     """Input pixels (rows, columns) with a non-zero backprop gradient for one unit."""
     g = gradients(model, x, Target(layer, channel, position))[0, 0].abs().sum(0)   # H x W
@@ -122,7 +129,7 @@ def test_top_k_equals_a_brute_force_sort(digits, k):
     best = top_k(net, digits, "conv2", channels, k=k, batch_size=37)     # 37 does not divide 360
     units = size[0] * size[1]
     assert best.channels == (0, 3, 5) and best.count == 360 and best.map_size == (8, 8)
-    torch.testing.assert_close(best.values, values)
+    _close(best.values, values)
     assert torch.equal(best.images, order // units)
     assert torch.equal(best.positions[..., 0] * size[1] + best.positions[..., 1], order % units)
     assert best.targets(1)[0] == Target("conv2", 3, tuple(best.positions[1, 0].tolist()))
@@ -133,7 +140,7 @@ def test_top_k_of_every_channel_and_of_relu_zeros(digits):
     best = top_k(net, digits, "relu2", k=9, batch_size=100)
     values, _, _ = _brute(net, digits, "relu2", list(range(6)), 9)
     assert best.channels == tuple(range(6))
-    torch.testing.assert_close(best.values, values)
+    _close(best.values, values)
     assert best.state_bytes == 6 * 9 * (8 + 8)                           # bounded by k
 
 
@@ -156,7 +163,7 @@ def test_top_k_normalises_like_evaluation(digits):
     x = (digits.images.double() - 0.5) / 0.25
     with torch.no_grad():
         want = net[:4](x)[:, 2].flatten().sort(descending=True).values[:3]
-    torch.testing.assert_close(mine.values[0], want)
+    _close(mine.values[0], want)
 
 
 def test_top_k_errors(digits):
@@ -201,9 +208,8 @@ def test_crops_are_the_boxes_padded_to_one_size(digits):
 # ---- the deconvnet projection ---------------------------------------------------------------
 
 def _same_as_deconvnet_gradient(model, x, target):
-    torch.testing.assert_close(project(model, x, target),
-                               gradients(model, x, target, rule="deconvnet")[:, 0],
-                               rtol=1e-10, atol=1e-12)
+    _close(project(model, x, target), gradients(model, x, target, rule="deconvnet")[:, 0],
+           rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("kernel", ["native", "reference"])
@@ -251,8 +257,7 @@ def test_where_project_and_gradient_differ():
     plain = nn.Sequential(*[m for m in net if not isinstance(m, cnn.LRN)])
     x = torch.randn(2, 1, 12, 12, dtype=torch.float64)
     target = ("conv2", 1)
-    torch.testing.assert_close(project(net, x, target),
-                               gradients(plain, x, ("3", 1), rule="deconvnet")[:, 0])
+    _close(project(net, x, target), gradients(plain, x, ("3", 1), rule="deconvnet")[:, 0])
     assert not torch.allclose(project(net, x, target),
                               gradients(net, x, target, rule="deconvnet")[:, 0])
     # LeNet-5's squashing is applied to the signal, not differentiated

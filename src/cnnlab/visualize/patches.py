@@ -397,9 +397,18 @@ def top_k(model: nn.Module, dataset: ImageDataset, layer: str,
     assert best is not None                          # the data set is not empty
     values, index = best[0].cpu(), best[1].cpu()
     units = math.prod(map_size)
-    positions = torch.stack(torch.unravel_index(index % units, map_size), dim=-1) \
-        if map_size else index.new_zeros((*index.shape, 0))
-    return TopK(layer, chosen, values, index // units, positions, map_size, seen)
+    return TopK(layer, chosen, values, index // units, _unravel(index % units, map_size),
+                map_size, seen)
+
+
+def _unravel(flat: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Row-major positions (..., dims) of flat indices into a map of ``size``
+    (torch.unravel_index would import sympy on its first call: seconds)."""
+    coords = []
+    for n in reversed(size):
+        coords.append(flat % n)
+        flat = flat // n
+    return torch.stack(coords[::-1], dim=-1) if coords else flat.new_zeros((*flat.shape, 0))
 
 
 # --------------------------------------------------------------------------------------------
