@@ -15,7 +15,6 @@ from cnnlab.visualize.pictures import (
     save_grid,
     signed_image,
     square_width,
-    to_pixels,
 )
 
 
@@ -110,15 +109,6 @@ def test_filter_image_stretches_each_filter():
     torch.testing.assert_close(filter_image(w)[:, 0, 0], torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
     assert filter_image(torch.randn(4, 3, 5, 5)).shape == (4, 3, 5, 5)
     assert filter_image(torch.randn(4, 6, 5, 5)).shape == (4, 1, 5, 5)
-
-
-def test_to_pixels_inverts_normalisation():
-    x = torch.rand(2, 3, 4, 4)
-    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-    z = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    torch.testing.assert_close(to_pixels(z, mean, std), x)
-    with pytest.raises(ShapeError, match="3 channels but mean/std have 1/1"):
-        to_pixels(z, (0.5,), (0.2,))
 
 
 def test_rows_of_and_square_width():

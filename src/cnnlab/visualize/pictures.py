@@ -5,7 +5,6 @@ Every cell of a grid is a displayable image: a tensor (3, H, W) shown as RGB, or
 return into such images, each scaled on its own so that a weak map is as visible as a strong
 one (compare values in the captions, not in the brightness):
 
-- :func:`to_pixels`: model inputs back to pixels, ``x * std + mean`` per channel;
 - :func:`heatmap`: maps (N, H, W), such as saliency or feature maps, divided by their largest
   ``|value|``: grey (black 0, white the maximum) when no value is negative, else the diverging
   ``RdBu_r`` colour map (blue negative, white zero, red positive);
@@ -13,6 +12,8 @@ one (compare values in the captions, not in the brightness):
   colour ones as RGB around mid-grey (0.5 + 0.5 g / max|g|, Springenberg et al.'s display),
   one-channel ones as a diverging :func:`heatmap`;
 - :func:`filter_image`: filters (F, C, k, k), each stretched from its minimum to its maximum.
+
+Model inputs go back to pixels with :func:`cnnlab.visualize.synthesis.to_pixels`.
 
 Figures are drawn on matplotlib's Agg canvas through :class:`~matplotlib.figure.Figure`, not
 pyplot, and written atomically, as :mod:`cnnlab.train.plots` does. Pixels are drawn unsmoothed
@@ -32,7 +33,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -45,22 +46,11 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["DIVERGING", "GREY", "Cells", "filter_image", "grid_figure", "heatmap", "rows_of",
-           "save_grid", "signed_image", "square_width", "to_pixels"]
+           "save_grid", "signed_image", "square_width"]
 
 GREY, DIVERGING = "gray", "RdBu_r"      # matplotlib colour maps: unsigned and signed maps
+T = TypeVar("T")
 Cells = Sequence[Sequence[torch.Tensor]]  # rows of displayable images (C, H, W) or (H, W)
-
-
-def to_pixels(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Model inputs (N, C, H, W), normalised with ``mean``/``std`` per channel, as pixels in
-    [0, 1]: ``x * std + mean``, clipped."""
-    _check_dims(x, 4, "images", "(N, C, H, W)")
-    if len(mean) != x.shape[1] or len(std) != x.shape[1]:
-        raise ShapeError(f"to_pixels: images have {x.shape[1]} channels but mean/std have "
-                         f"{len(mean)}/{len(std)} values; give one per channel")
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x.detach() * s + m).clamp(0.0, 1.0)
 
 
 def heatmap(maps: torch.Tensor, signed: bool | None = None) -> torch.Tensor:
@@ -112,7 +102,7 @@ def filter_image(w: torch.Tensor) -> torch.Tensor:
     return ((m - low) / span).float()
 
 
-def rows_of(cells: Sequence[torch.Tensor], width: int) -> list[list[torch.Tensor]]:
+def rows_of(cells: Sequence[T], width: int) -> list[list[T]]:
     """A flat list of cells as rows of ``width`` (the last may be shorter)."""
     if width < 1:
         raise ShapeError(f"rows_of: width must be >= 1, got {width}")
