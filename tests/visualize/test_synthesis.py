@@ -242,3 +242,14 @@ def test_bad_targets_and_shapes():
     assert synthesize(bare, [0, 1], steps=2, shape=(1, 2, 2)).shape == (2, 1, 2, 2)
     with pytest.raises(ShapeError, match="one mean and std per channel"):
         to_pixels(torch.zeros(1, 3, 2, 2), (0.5,), (0.25,))
+
+
+@pytest.mark.parametrize("parameterization", ["pixel", "fourier"])
+def test_odd_sizes_without_a_default_shape(parameterization):
+    torch.manual_seed(1)
+    bare = nn.Sequential(cnn.Flatten(), cnn.Linear(2 * 7 * 9, 3))
+    x = synthesize(bare, [0, 2], steps=8, lr=2.0, noise=0.0, jitter=0, shape=(2, 7, 9),
+                   clip=(-0.5, 0.5), parameterization=parameterization)
+    assert x.shape == (2, 2, 7, 9) and x.abs().max() <= 0.5 + 1e-5
+    with torch.no_grad():
+        assert (bare(x)[[0, 1], [0, 2]] > bare(torch.zeros(1, 2, 7, 9))[0, [0, 2]]).all()
