@@ -571,7 +571,8 @@ def _seed(out: torch.Tensor, target: Target, positions: torch.Tensor | None) -> 
             flat = flat * n + positions[:, d].cpu()
         flat = flat.to(out.device)
     seed = torch.zeros_like(out)
-    seed.view(len(out), out.shape[1], -1)[torch.arange(len(out)), target.channel, flat] = 1
+    images = torch.arange(len(out), device=out.device)
+    seed.view(len(out), out.shape[1], -1)[images, target.channel, flat] = 1
     return seed
 
 
@@ -597,7 +598,7 @@ def project(model: nn.Module, x: torch.Tensor, target: TargetLike) -> torch.Tens
     local response normalisation, which the projection passes through unchanged while the
     gradient multiplies by its Jacobian, and at LeNet-5's squashing and tanh, which the
     projection applies to the signal (a decoder uses the encoder's activation, 8.5.2) while
-    the gradient multiplies by the derivative. Other layers (softmax-free RBF outputs, other
+    the gradient multiplies by the derivative. Other layers (LeNet-5's RBF output, other
     nonlinearities) and networks that are not a chain of layers up to the target (residual
     connections, branches, operations outside layers) are refused; use the gradient there.
 
