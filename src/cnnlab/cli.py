@@ -166,8 +166,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                    resume=bool(resume))
     if os.environ.get("RANK", "0") not in ("", "0"):
         return 0                                        # torchrun: rank 0 reports
-    print(f"test accuracy {100 * result['test_top1']:.2f}% (error {100 * result['test_error']:.2f}%)"
-          f" after {config.epochs} epochs, {result['seconds']:.0f} s; run saved in "
+    # the task's one line: classification's "test accuracy X% (error Y%)"
+    print(f"{result['summary']} after {config.epochs} epochs, {result['seconds']:.0f} s; run saved in "
           f"{result['run_dir']}")
     return 0
 

@@ -10,10 +10,10 @@ the normalised image). Losses (``--loss``):
   probabilities; the model's outputs are logits and its reconstruction their sigmoid.
 
 ``--denoise SIGMA``: a denoising autoencoder. Gaussian noise of std SIGMA is added to the
-input pixels (clipped to [0, 1]) and the clean image is the target. The noise of each batch
-comes from a generator seeded by the run's seed and the batch's key (the training step and
-process, or the test batch's position), never from hidden state: a resumed run draws the same
-noise, and every evaluation the same test noise.
+input pixels (clipped to [0, 1]) and the clean image is the target. The noise comes from a
+generator seeded by the run's seed and a key (each training step and process; each test
+example's index), never from hidden state: a resumed run draws the same noise, and every
+evaluation the same test noise, whatever its batch size.
 
 Figures: ``loss`` (the criterion, per pixel), ``mse`` of the reconstruction on [0, 1] pixels
 and ``psnr`` = 10 log10(1 / mse) in dB, of the whole set's mse. ``RUN/reconstructions.png``
@@ -86,8 +86,7 @@ class Reconstruction(Task):
             self._check_pixels(x)
         target = x
         if self.denoise:
-            gen = torch.Generator(device=x.device).manual_seed(self._noise_seed(train, key))
-            noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+            noise = self.noise(x.shape, train, key).to(device=x.device, dtype=x.dtype)
             x = (x + self.denoise * noise).clamp(0.0, 1.0)
         if not train and key == 0:                    # the first test batch: kept for the grid
             self._keep = True
@@ -95,7 +94,19 @@ class Reconstruction(Task):
                           "target": target[:SHOWN].detach().float().cpu()}
         return x, target
 
-    def _noise_seed(self, train: bool, key: int) -> int:
+    def noise(self, shape: Sequence[int], train: bool, key: int) -> torch.Tensor:
+        """Standard normal noise of ``shape`` (N x C x H x W), on the CPU whatever the device
+        (so it is the same on every device). Training: one draw per step (``key``). Test:
+        one draw per example, keyed by its index in the test set (``key`` is the batch's
+        first), so the noise does not depend on the batch size or the torchrun split."""
+        gen = torch.Generator()
+        if train:
+            return torch.randn(tuple(shape), generator=gen.manual_seed(self._seed(True, key)))
+        return torch.stack([torch.randn(tuple(shape[1:]),
+                                        generator=gen.manual_seed(self._seed(False, key + i)))
+                            for i in range(shape[0])]) if shape[0] else torch.zeros(tuple(shape))
+
+    def _seed(self, train: bool, key: int) -> int:
         # one stream per (run seed, train or test, key); below 2**63 as manual_seed wants
         return (self.seed * 1_000_003 + 2 * key + int(train) + NOISE_SEED) % 2**63
 

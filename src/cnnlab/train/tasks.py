@@ -75,8 +75,8 @@ class Task:
         """``(inputs, target)`` of a batch of images in [0, 1] (augmented, not yet
         normalised) and the data set's targets ``y``; default: ``(x, y)``. Training and
         evaluation both call it. Anything random must be drawn from ``key`` (with ``train``:
-        unique to each training step and process, or the batch's position in the test set),
-        never from hidden state, so that a resumed run draws the same (e.g. a denoising
+        unique to each training step and process; else the index of the batch's first example
+        in the data set), never from hidden state, so that a resumed run draws the same (e.g. a denoising
         autoencoder's noise, :mod:`cnnlab.train.reconstruction`)."""
         return x, y
 
