@@ -1,6 +1,9 @@
 """Gradient maps: Fig. 8.14's three ReLU rules by hand, autograd as the oracle on the zoo,
 both kernels, batching, saliency, hidden targets, and the model left as it was."""
 
+import doctest
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -230,3 +233,10 @@ def test_bad_rule_and_bad_targets(lenet, images):
         guided(lenet, x, ("c4", 0))
     with pytest.raises(ShapeError, match="floating point"):
         gradients(lenet, torch.zeros(1, 1, 32, 32, dtype=torch.uint8), 0)
+
+
+def test_the_modules_examples_run():
+    # the package's name 'gradients' is the function; the module is in sys.modules
+    module = importlib.import_module("cnnlab.visualize.gradients")
+    failures, tried = doctest.testmod(module)
+    assert tried > 0 and failures == 0

@@ -1,5 +1,8 @@
 """First-layer filters and feature maps."""
 
+import doctest
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -80,3 +83,9 @@ def test_feature_maps_bad_input(lenet, images):
     with pytest.raises(ModelError, match=r"no layer 'c9'"):
         feature_maps(lenet, images(lenet, 1), "c9")
     assert lenet.training
+
+
+def test_the_modules_example_runs():
+    module = importlib.import_module("cnnlab.visualize.maps")
+    failures, tried = doctest.testmod(module)
+    assert tried > 0 and failures == 0
