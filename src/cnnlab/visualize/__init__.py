@@ -7,6 +7,17 @@ names layers (:mod:`cnnlab.visualize.targets`).
 
 from cnnlab.visualize.gradients import METHODS, deconvnet, gradients, guided, saliency
 from cnnlab.visualize.maps import feature_maps, first_filters
+from cnnlab.visualize.patches import (
+    Box,
+    TopK,
+    crop_mask,
+    crops,
+    project,
+    projections,
+    receptive_box,
+    top_k,
+)
+from cnnlab.visualize.synthesis import input_range, synthesize, to_pixels
 from cnnlab.visualize.targets import (
     Probe,
     Target,
@@ -21,6 +32,8 @@ from cnnlab.visualize.targets import (
     target_values,
 )
 
-__all__ = ["METHODS", "Probe", "Target", "as_target", "as_targets", "check_images", "deconvnet",
-           "feature_maps", "first_filters", "gradients", "guided", "inspecting", "layer_names",
-           "parse_target", "resolve_layer", "saliency", "select", "target_values"]
+__all__ = ["METHODS", "Box", "Probe", "Target", "TopK", "as_target", "as_targets", "check_images",
+           "crop_mask", "crops", "deconvnet", "feature_maps", "first_filters", "gradients",
+           "guided", "input_range", "inspecting", "layer_names", "parse_target", "project",
+           "projections", "receptive_box", "resolve_layer", "saliency", "select", "synthesize",
+           "target_values", "to_pixels", "top_k"]
