@@ -71,17 +71,22 @@ def embedded(folder):
     return [base64.b64decode(s.split(",", 1)[1]) for s in srcs], page
 
 
-@pytest.mark.parametrize("words, files", [
-    ("--method saliency --count 10", ["saliency-1.png", "saliency-2.png"]),
-    ("--method deconvnet --targets 3,c3:5@2,2 --count 3", ["deconvnet-1.png"]),
+CASES = [
+    ("--method saliency --count 3", ["saliency-1.png", "saliency-2.png"]),
+    ("--method deconvnet --targets 3,c3:5@2,2 --count 2", ["deconvnet-1.png"]),
     ("--method guided --layer c3 --channels 0,5 --count 2", ["guided-1.png"]),
     ("--method filters", ["filters.png"]),
     ("--method maps --layer c1 --count 2", ["maps-c1-1.png"]),
     ("--method class-images --steps 3", ["class-images.png"]),
     ("--method top-k --layer c3 --channels 1,4 --k 4 --count 20",
      ["top4-c3-1.png", "top4-c3-4.png"]),
-])
-def test_each_method_writes_its_pictures_and_the_page(run_dir, tmp_path, words, files):
+]
+
+
+@pytest.mark.parametrize("words, files", CASES)
+def test_each_method_writes_its_pictures_and_the_page(run_dir, tmp_path, monkeypatch, words,
+                                                      files):
+    monkeypatch.setattr(command, "ROWS_PER_PICTURE", 2)      # 3 images: 2 pictures
     out = visualize(run_dir, *words.split(), out=tmp_path / "v")
     assert sorted(p.name for p in out.iterdir()) == sorted([*files, INDEX])
     images, page = embedded(out)
@@ -179,16 +184,17 @@ def test_a_failing_call_leaves_nothing_half_written(run_dir, tmp_path, monkeypat
         return pictures.save_grid(rows, path, **kw)
 
     monkeypatch.setattr(command, "save_grid", fail_second)
+    monkeypatch.setattr(command, "ROWS_PER_PICTURE", 2)      # 3 images: 2 pictures
     new = tmp_path / "deep" / "new"
     with pytest.raises(CnnlabError, match="disk gone"):
-        visualize(run_dir, "--method", "saliency", "--count", "10", out=new)
+        visualize(run_dir, "--method", "saliency", "--count", "3", out=new)
     assert list(tmp_path.iterdir()) == []                  # no folder, no staging, no parents
     old = tmp_path / "old"
     old.mkdir()
     (old / "saliency-1.png").write_bytes(b"before")
     calls.clear()
     with pytest.raises(CnnlabError, match="disk gone"):
-        visualize(run_dir, "--method", "saliency", "--count", "10", "--overwrite", out=old)
+        visualize(run_dir, "--method", "saliency", "--count", "3", "--overwrite", out=old)
     assert [p.name for p in tmp_path.iterdir()] == ["old"]
     assert [p.name for p in old.iterdir()] == ["saliency-1.png"]
     assert (old / "saliency-1.png").read_bytes() == b"before"
@@ -292,3 +298,24 @@ def test_the_cli_prints_one_line_without_traceback(run_dir, capsys):
     assert cli.main(["visualize", str(run_dir), "--method", "maps", "--layer", "c9"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_every_method_page_passes_in_chromium(run_dir, tmp_path):
+    """Each method's real page in headless Chromium: all images shown, no console error."""
+    from .test_report import CHROMIUM, DevTools
+
+    if CHROMIUM is None:
+        pytest.skip("no `chromium` binary on PATH: install Debian's chromium package "
+                    "(apt-get install chromium) to run the browser test")
+    pages = [visualize(run_dir, *words.split(), out=tmp_path / str(i)) / INDEX
+             for i, (words, _) in enumerate(CASES)]
+    browser = DevTools(CHROMIUM)
+    try:
+        for page in pages:
+            images, problems = browser.open(page.as_uri())
+            assert len(images) == len(embedded(page.parent)[0]) > 0
+            assert all(done and width > 0 for done, width in images), (page, images)
+            assert problems == [], (page, problems)
+    finally:
+        browser.close()

@@ -20,22 +20,38 @@ from cnnlab.visualize.pictures import (
 
 def texts(fig):
     """Every caption, row label and title drawn on the figure."""
-    out = [ax.get_xlabel() for ax in fig.axes] + [ax.get_ylabel() for ax in fig.axes]
-    return [t for t in out if t] + ([fig._suptitle.get_text()] if fig._suptitle else [])
+    return [t.get_text() for t in fig.texts]
 
 
-def test_grid_layout_captions_and_row_labels():
-    rows = [[torch.rand(3, 8, 8), torch.rand(8, 8), torch.rand(1, 8, 8)], [torch.rand(8, 8)]]
+def pixels(path):
+    return torch.from_numpy(np.array(Image.open(path))).int()             # H x W x 3
+
+
+def mid_grey(px):
+    """Every pixel (..., 3) is 0.5 grey: R = G = B = 127 or 128."""
+    px = px.reshape(-1, 3)
+    return bool((px == px[:, :1]).all() and ((px - 127.5).abs() <= 0.5).all())
+
+
+def test_grid_layout_captions_and_row_labels(tmp_path):
+    red, grey = torch.zeros(3, 8, 8), torch.full((8, 8), 0.5)
+    red[0] = 1.0
+    rows = [[red, grey, grey[None]], [red]]
     fig = grid_figure(rows, captions=[["a<b", "map", "grey"], ["only"]],
-                      row_labels=["first", "second"], title="the title")
-    assert len(fig.axes) == 6                            # 2 rows x 3 columns, blanks included
-    shown = [ax for ax in fig.axes if ax.images]
-    assert len(shown) == 4                               # the short row's blanks hold nothing
-    assert sorted(texts(fig)) == sorted(["a<b", "map", "grey", "only", "first", "second",
-                                         "the title"])
-    colour, grey = shown[0].images[0].get_array(), shown[1].images[0].get_array()
-    assert colour.shape == (8, 8, 3) and grey.shape == (8, 8)
-    assert shown[1].images[0].get_cmap().name == "gray"
+                      row_labels=["first", "second"], cell=1.0, dpi=40)
+    assert sorted(texts(fig)) == sorted(["a<b", "map", "grey", "only", "first", "second"])
+    path = save_grid(rows, tmp_path / "g.png", captions=[["a", "b", "c"], ["d"]],
+                     row_labels=["first", "second"], cell=1.0, dpi=40)
+    px = pixels(path)
+    label_w = px.shape[1] - 3 * 40                  # the row labels' column, then 3 cells
+    caption_h = (px.shape[0] - 2 * 40) // 2
+    assert label_w > 0 and caption_h > 0
+
+    def centre(row, col):                           # the middle of a cell's image
+        return px[row * (40 + caption_h) + 20, label_w + col * 40 + 20].tolist()
+    assert centre(0, 0) == [255, 0, 0] and centre(1, 0) == [255, 0, 0]
+    assert centre(0, 1) == centre(0, 2) and mid_grey(torch.tensor(centre(0, 1)))
+    assert centre(1, 1) == centre(1, 2) == [255, 255, 255]   # the short row's blanks
 
 
 def test_png_size_follows_cells_and_dpi(tmp_path):
@@ -51,11 +67,23 @@ def test_grey_cells_are_grey_and_colour_cells_keep_their_colour(tmp_path):
     red = torch.zeros(3, 8, 8)
     red[0] = 1.0
     path = save_grid([[red, torch.full((8, 8), 0.5)]], tmp_path / "g.png", cell=1.0, dpi=40)
-    px = torch.from_numpy(np.array(Image.open(path))).int()        # 40 x 80 x 3
+    px = pixels(path)                                                   # 40 x 80 x 3
     assert px.shape == (40, 80, 3)
-    left, right = px[10:30, 5:35].reshape(-1, 3), px[10:30, 45:75].reshape(-1, 3)
-    assert (left == torch.tensor([255, 0, 0])).all(dim=1).float().mean() > 0.9
-    assert ((right - 128).abs() <= 1).all()              # 0.5 grey, R = G = B
+    left, right = px[2:38, 2:38].reshape(-1, 3), px[2:38, 42:78].reshape(-1, 3)
+    assert (left == torch.tensor([255, 0, 0])).all()
+    assert mid_grey(right)                           # 0.5 grey, R = G = B
+
+
+def test_small_images_are_enlarged_without_smoothing(tmp_path):
+    checker = (torch.arange(4).view(2, 2) % 3 == 0).float()       # [[1, 0], [0, 1]]
+    wide = torch.zeros(3, 1, 2)
+    wide[1] = 1.0                                   # 1 x 2 green: kept 2:1, centred
+    px = pixels(save_grid([[checker, wide]], tmp_path / "g.png", cell=1.0, dpi=50))
+    assert px.shape == (50, 100, 3)
+    assert px[5, 5].tolist() == [255] * 3 and px[5, 40].tolist() == [0] * 3
+    assert px[40, 5].tolist() == [0] * 3 and px[40, 40].tolist() == [255] * 3
+    assert px[25, 75].tolist() == [0, 255, 0]       # the middle of the wide image
+    assert px[5, 75].tolist() == [255] * 3          # above it: paper
 
 
 def test_failed_write_leaves_the_target_untouched(tmp_path):

@@ -45,10 +45,10 @@ from cnnlab.train.run import atomic_write
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["DIVERGING", "GREY", "Cells", "filter_image", "grid_figure", "heatmap", "rows_of",
+__all__ = ["DIVERGING", "Cells", "filter_image", "grid_figure", "heatmap", "rows_of",
            "save_grid", "signed_image", "square_width"]
 
-GREY, DIVERGING = "gray", "RdBu_r"      # matplotlib colour maps: unsigned and signed maps
+DIVERGING = "RdBu_r"     # matplotlib's colour map for signed maps: blue < 0, white 0, red > 0
 T = TypeVar("T")
 Cells = Sequence[Sequence[torch.Tensor]]  # rows of displayable images (C, H, W) or (H, W)
 
@@ -111,9 +111,11 @@ def rows_of(cells: Sequence[T], width: int) -> list[list[T]]:
 
 def grid_figure(rows: Cells, *, captions: Sequence[Sequence[str]] | None = None,
                 row_labels: Sequence[str] | None = None, title: str | None = None,
-                cell: float = 0.9) -> Figure:
-    """A figure with one cell per image, rows as given (ragged rows leave blanks at the end),
-    a caption under each cell, a label left of each row and a title on top."""
+                cell: float = 0.9, dpi: int = 100) -> Figure:
+    """A figure with one ``cell`` x ``cell`` inch square per image, rows as given (a short row
+    leaves blanks at its end), a caption under each image, a label left of each row and a
+    title on top. Each image is enlarged without smoothing to fill its square (keeping its
+    aspect ratio) for ``dpi`` dots per inch."""
     images = [[_displayable(c, r, i) for i, c in enumerate(row)] for r, row in enumerate(rows)]
     n_rows, n_cols = len(images), max((len(r) for r in images), default=0)
     if n_rows == 0 or n_cols == 0:
@@ -123,35 +125,35 @@ def grid_figure(rows: Cells, *, captions: Sequence[Sequence[str]] | None = None,
         raise ShapeError(f"row_labels: {len(row_labels)} labels for {n_rows} rows; give one "
                          "per row")
     from matplotlib.figure import Figure
-    from matplotlib.layout_engine import ConstrainedLayoutEngine
 
-    label_w = 0.0 if not row_labels else min(2.5, 0.3 + 0.065 * max(map(len, row_labels)))
-    caption_h = 0.0 if not captions or not any(any(r) for r in captions) else 0.22
-    fig = Figure(figsize=(label_w + n_cols * cell, (title is not None) * 0.35
-                          + n_rows * (cell + caption_h)),
-                 layout=ConstrainedLayoutEngine(w_pad=0.01, h_pad=0.01, wspace=0.02,
-                                                hspace=0.02))
-    axes = fig.subplots(n_rows, n_cols, squeeze=False)
-    for r in range(n_rows):
-        for i in range(n_cols):
-            ax = axes[r][i]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if i >= len(images[r]):
-                ax.set_axis_off()                 # a blank at the end of a short row
-                continue
-            picture = images[r][i]                # H x W x 3 or H x W in [0, 1]
-            ax.imshow(picture, cmap=GREY if picture.ndim == 2 else None, vmin=0.0, vmax=1.0,
-                      interpolation="nearest")
+    # a fixed layout in pixels: [row label | cells], each cell an image above its caption,
+    # the title on top. All images go into one mosaic drawn 1:1 by one axes, and the texts
+    # onto the figure: no layout engine, no axes per cell (both cost a second per grid)
+    side = max(2, round(cell * dpi))                          # a cell's square, in pixels
+    gap = max(1, round(0.04 * side))                          # between neighbouring images
+    label_w = 0 if not row_labels else round(dpi * min(2.5, 0.15 + 0.06 * max(
+        map(len, row_labels))))
+    caption_h = 0 if not captions or not any(any(r) for r in captions) else round(0.16 * dpi)
+    title_h = 0 if title is None else round(0.3 * dpi)
+    width, height = label_w + n_cols * side, title_h + n_rows * (side + caption_h)
+    mosaic = np.ones((height, width, 3), dtype=np.float32)   # white paper
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    for r, row in enumerate(images):
+        top = title_h + r * (side + caption_h)                # the row's upper edge
+        for i, picture in enumerate(row):
+            left = label_w + i * side
+            _paste(mosaic, picture, top + gap // 2, left + gap // 2, side - gap)
             if captions and captions[r][i]:
-                ax.set_xlabel(captions[r][i], fontsize=6, labelpad=1)
+                fig.text((left + side / 2) / width, 1 - (top + side) / height,
+                         captions[r][i], fontsize=6, ha="center", va="top")
         if row_labels:
-            axes[r][0].set_ylabel(row_labels[r], fontsize=7, rotation=0, ha="right",
-                                  va="center", labelpad=3)
+            fig.text((label_w - 0.05 * dpi) / width, 1 - (top + side / 2) / height,
+                     row_labels[r], fontsize=7, ha="right", va="center")
     if title is not None:
-        fig.suptitle(title, fontsize=8)
+        fig.text(0.5, 1 - 0.05 * dpi / height, title, fontsize=8, ha="center", va="top")
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.set_axis_off()
+    ax.imshow(mosaic, interpolation="nearest", aspect="auto")
     return fig
 
 
@@ -160,7 +162,8 @@ def save_grid(rows: Cells, path: str | os.PathLike[str], *,
               row_labels: Sequence[str] | None = None, title: str | None = None,
               cell: float = 0.9, dpi: int = 100) -> Path:
     """Draw :func:`grid_figure` into the PNG ``path``, atomically; returns the path."""
-    fig = grid_figure(rows, captions=captions, row_labels=row_labels, title=title, cell=cell)
+    fig = grid_figure(rows, captions=captions, row_labels=row_labels, title=title, cell=cell,
+                      dpi=dpi)
     out = Path(path)
     atomic_write(out, lambda tmp: _write_png(fig, tmp, dpi))
     return out
@@ -168,30 +171,42 @@ def save_grid(rows: Cells, path: str | os.PathLike[str], *,
 
 def _write_png(fig: Figure, path: Path, dpi: int) -> None:
     """The figure as an RGB PNG (no alpha channel: a third smaller than Agg's RGBA)."""
-    import io
-
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from PIL import Image
 
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    buffer.seek(0)
-    with Image.open(buffer) as drawn:
-        drawn.convert("RGB").save(path, format="png", optimize=True)
+    fig.set_dpi(dpi)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()                                             # type: ignore[no-untyped-call]
+    rgba = np.asarray(canvas.buffer_rgba())                   # type: ignore[no-untyped-call]
+    Image.fromarray(np.ascontiguousarray(rgba[..., :3])).save(path, format="png")
+
+
+def _paste(mosaic: npt.NDArray[np.float32], picture: npt.NDArray[np.float32], top: int,
+           left: int, side: int) -> None:
+    """Enlarge ``picture`` (H x W x 3) by repeating pixels to fit a ``side`` square, centred,
+    and put it into ``mosaic`` there."""
+    h, w = picture.shape[:2]
+    scale = side / max(h, w)
+    th, tw = max(1, round(h * scale)), max(1, round(w * scale))
+    rows = np.arange(th) * h // th                            # nearest source pixel
+    cols = np.arange(tw) * w // tw
+    y, x = top + (side - th) // 2, left + (side - tw) // 2
+    mosaic[y:y + th, x:x + tw] = picture[rows][:, cols]
 
 
 def _displayable(image: torch.Tensor, row: int, column: int) -> npt.NDArray[np.float32]:
-    """A numpy array for ``imshow``: H x W x 3 for colour, H x W for grey, in [0, 1]."""
+    """An H x W x 3 array in [0, 1]: a colour image as it is, a grey one in all channels."""
     if not isinstance(image, torch.Tensor):
         raise ShapeError(f"grid cell ({row}, {column}) is a {type(image).__name__}, not a "
                          "tensor; give images (C, H, W) or (H, W)")
     x = image.detach().to("cpu", torch.float32)
-    if x.dim() == 3 and x.shape[0] == 1:
-        x = x[0]
-    if not (x.dim() == 2 or (x.dim() == 3 and x.shape[0] == 3)) or x.numel() == 0:
+    if x.dim() == 2:
+        x = x.unsqueeze(0)
+    if x.dim() != 3 or x.shape[0] not in (1, 3) or x.numel() == 0:
         raise ShapeError(f"grid cell ({row}, {column}) has shape {tuple(image.shape)}; a cell "
                          "is a (3, H, W) colour or a (1, H, W) or (H, W) grey image")
-    x = torch.nan_to_num(x, nan=0.0).clamp(0.0, 1.0)
-    return (x if x.dim() == 2 else x.permute(1, 2, 0)).numpy()
+    x = torch.nan_to_num(x, nan=0.0).clamp(0.0, 1.0).expand(3, -1, -1)
+    return x.permute(1, 2, 0).contiguous().numpy()
 
 
 def _check_texts(texts: Sequence[Sequence[str]] | None, lengths: list[int], what: str) -> None:
