@@ -3,7 +3,6 @@ PNGs and index.html; --out is never overwritten without --overwrite and a failin
 nothing behind; each bad input is a one-line error naming the value and the fix."""
 
 import argparse
-import json
 import re
 import shlex
 from pathlib import Path
@@ -12,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
 
 from cnnlab.data import load
 from cnnlab.errors import CnnlabError
@@ -239,24 +237,34 @@ def test_an_empty_data_set_is_refused(run_dir, tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
-def test_a_run_of_another_task_has_no_class_images(run_dir, tmp_path):
-    other = tmp_path / "auto"
-    other.mkdir()
-    (other / "config.json").write_bytes((run_dir / "config.json").read_bytes())
-    weights = run_dir / "model.safetensors"
-    from cnnlab.train.run import read_metadata
+@pytest.fixture(scope="module")
+def autoencoder_dir(tmp_path_factory):
+    """A finished run of the 7-layer conv autoencoder (1 epoch on 64 digits at 8 x 8, not its
+    default 28 x 28)."""
+    out = tmp_path_factory.mktemp("runs") / "cae"
+    train_ds, test_ds = load("digits", "train"), load("digits", "test")
+    cfg = TrainConfig("cae", epochs=1, lr=0.1, batch_size=32, out=str(out), device="cpu",
+                      plots=False, tensorboard=False)
+    train(cfg, progress=False, datasets=(train_ds.subset(torch.arange(64)),
+                                         test_ds.subset(torch.arange(32))))
+    return out
 
-    meta = {k: v if isinstance(v, str) else json.dumps(v)
-            for k, v in read_metadata(weights).items()}
-    save_file(load_file(str(weights)), str(other / "model.safetensors"),
-              metadata={**meta, "task": "reconstruction"})
+
+def test_a_run_of_another_task_has_no_class_scores(autoencoder_dir, tmp_path):
     for words in ("--method class-images", "--method saliency", "--method guided --targets 3"):
-        refused(other, *words.split(), match=r"'.*auto' is a reconstruction run "
-                r"\(lenet5_modern\), which has no class scores for .*; pass hidden neurons "
-                r"instead: --layer L --channels LIST", out=tmp_path / "v")
-    out = visualize(other, "--method", "class-images", "--layer", "c3", "--channels", "2",
-                    "--steps", "2", out=tmp_path / "v")
+        refused(autoencoder_dir, *words.split(), out=tmp_path / "v",
+                match=r"'.*cae' is a reconstruction run \(cae\), which has no class scores "
+                      r"for .*; pass hidden neurons instead: --layer L --channels LIST, or "
+                      r"--targets conv1:0")
+    assert not list(tmp_path.iterdir())
+    # its neurons are fine, at the size it was trained at
+    out = visualize(autoencoder_dir, "--method", "class-images", "--layer", "conv1",
+                    "--channels", "2", "--steps", "2", out=tmp_path / "v")
     assert pngs(out) == ["class-images.png"]
+    assert "reconstruction" in (out / INDEX).read_text(encoding="utf-8")
+    out = visualize(autoencoder_dir, "--method", "guided", "--targets", "code:0", "--count",
+                    "1", out=tmp_path / "g")
+    assert pngs(out) == ["guided-1.png"]
 
 
 def test_parse_targets_keeps_positions_together():

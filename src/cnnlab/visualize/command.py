@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError, DataError, ShapeError
+from cnnlab.train.tasks import Classification
 from cnnlab.visualize.pictures import (
     filter_image,
     heatmap,
@@ -38,7 +39,14 @@ from cnnlab.visualize.pictures import (
     square_width,
 )
 from cnnlab.visualize.report import INDEX, Picture, write_report
-from cnnlab.visualize.targets import Probe, Target, parse_target, select, target_values
+from cnnlab.visualize.targets import (
+    Probe,
+    Target,
+    layer_names,
+    parse_target,
+    select,
+    target_values,
+)
 
 if typing.TYPE_CHECKING:
     from cnnlab.train._runs import RunInfo
@@ -49,7 +57,7 @@ METHODS = ("saliency", "deconvnet", "guided", "top-k", "class-images", "filters"
 DEFAULT_COUNT = 8          # images drawn when --count is not given (top-k: the whole split)
 DEFAULT_CHANNELS = 16      # channels of --layer shown when --channels is not given
 ROWS_PER_PICTURE = 8       # images per PNG of the gradient maps and feature maps
-CLASSIFICATION = "classification"
+CLASSIFICATION = Classification.name
 
 # what each method shows, for --help and the page (8.5.1)
 ABOUT = {
@@ -172,7 +180,11 @@ def run(args: argparse.Namespace) -> int:
     _check_out(out, args.overwrite, given=args.out is not None)
     _check_options(args)
     model, _ = load_run(info.path)
-    job = Job(info, model, _task(info), args.method, args)
+    if getattr(model, "default_input_shape", None) is not None:
+        # what it was trained on: a fully convolutional model (an autoencoder) may have been
+        # trained at another size than its default, and every method checks images against it
+        typing.cast(Any, model).default_input_shape = info.input_shape
+    job = Job(info, model, info.task, args.method, args)
     draw = DRAW[args.method]
     with ops.kernels(args.kernel), _staging(out) as folder:
         pictures = draw(job, folder)
@@ -222,16 +234,6 @@ def _check_options(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise CnnlabError(f"--{name.replace('_', '-')} {value}: give a positive number")
-
-
-def _task(info: RunInfo) -> str:
-    """What the run was trained for (classification unless its weights say otherwise)."""
-    task = getattr(info, "task", None)
-    if task is None:
-        from cnnlab.train.run import WEIGHTS, read_metadata
-
-        task = read_metadata(info.path / WEIGHTS).get("task")
-    return str(task or CLASSIFICATION)
 
 
 @contextlib.contextmanager
@@ -332,9 +334,10 @@ def _targets(job: Job, default: list[Target] | None) -> list[Target] | None:
 
 def _need_classes(job: Job, what: str) -> None:
     if job.task != CLASSIFICATION:
+        first = layer_names(job.model)[0]
         raise CnnlabError(f"{str(job.info.path)!r} is a {job.task} run ({job.info.model}), "
                           f"which has no class scores for {what}; pass hidden neurons instead: "
-                          "--layer L --channels LIST, or --targets c1:0")
+                          f"--layer L --channels LIST, or --targets {first}:0")
 
 
 def _layer_output(job: Job, layer: str) -> torch.Tensor:
