@@ -1,13 +1,17 @@
 """Convolutional autoencoders (8.5.2): tied weights (Eq. 8.5), switch unpooling, sizes restored
 by every variant, both kernels."""
 
+import doctest
+
 import pytest
 import torch
 
 from cnnlab import models, ops
 from cnnlab.errors import CnnlabError, ModelError, ShapeError
+from cnnlab.models import autoencoder as family
 from cnnlab.models.autoencoder import ROWS, ConvAutoencoder, Stage
 from cnnlab.nn import Conv2d
+from cnnlab.nn import autoencoder as layers
 from cnnlab.nn.autoencoder import Deconv2d
 
 AUTOENCODERS = list(ROWS)                   # the zoo's rows of section 8.5.2
@@ -215,3 +219,9 @@ def test_both_kernels_agree_in_float64_at_odd_sizes(name):
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip([outs[0], *grads[0]], [outs[1], *grads[1]], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("module", [family, layers])
+def test_the_docstring_examples_run(module):
+    failures, tried = doctest.testmod(module)
+    assert tried >= 2 and failures == 0

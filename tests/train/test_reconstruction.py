@@ -1,8 +1,10 @@
 """Reconstruction (8.5.2) on the trainer's one loop: an autoencoder trains, evaluates, resumes
 to the bit and pretrains a classifier, through the same train() and commands as classifiers."""
 
+import doctest
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,12 +22,15 @@ from cnnlab.train import (
     WEIGHTS,
     TrainConfig,
     checkpoint,
+    evaluate,
     evaluate_run,
     load_run,
+    reconstruction,
     train,
 )
 from cnnlab.train import loop as loop_mod
 from cnnlab.train._runs import check_task, run_info
+from cnnlab.train.ensemble import evaluate_ensemble, predict_proba
 from cnnlab.train.evaluation import Member, evaluate_members
 from cnnlab.train.reconstruction import GRID, Reconstruction, psnr
 from cnnlab.train.tasks import task_for
@@ -96,6 +101,11 @@ def test_eval_reproduces_the_last_epoch_and_prints_mse_and_psnr(trained, digits,
                              batch_size=7).members[0]       # other batches: the same noise?
     last = result["history"][-1]
     assert again["mse"] == pytest.approx(last["test_mse"], rel=1e-6)
+    plain = evaluate(model, digits[1], mean=info.mean, std=info.std)     # its own task
+    assert set(plain) == {"loss", "mse", "psnr", "n"}
+    with pytest.raises(CnnlabError, match="predict_proba gives class probabilities, but "
+                                          "ConvAutoencoder is a reconstruction model"):
+        predict_proba(model, digits[1])
     whole = evaluate_run(run)                                # the whole test split
     assert whole["n"] == 360 and whole["psnr"] == pytest.approx(psnr(whole["mse"]))
     assert main(["eval", str(run), "--quiet"]) == 0
@@ -105,6 +115,19 @@ def test_eval_reproduces_the_last_epoch_and_prints_mse_and_psnr(trained, digits,
     assert main(["eval", str(run), "--json", "--quiet"]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"run", "model", "data", "split", "mse",
                                                         "psnr", "loss", "n"}
+
+
+def test_an_ensemble_of_autoencoders_averages_reconstructions(trained, tmp_path, capsys):
+    run, _ = trained
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin)
+    assert main(["eval", str(run), str(twin), "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "digits test, 360 images"
+    assert lines[1].split() == ["run", "model", "mse", "psnr", "loss"]
+    assert lines[2].split()[1:] == lines[3].split()[1:]            # the same weights
+    assert lines[4].startswith("ensemble of 2") and "mean output" in lines[4]
+    assert lines[4].split()[-3:] == lines[2].split()[-3:]          # the mean of two equals
 
 
 def test_a_killed_autoencoder_run_resumes_to_the_bit(trained, tmp_path, digits, monkeypatch):
@@ -186,22 +209,14 @@ def test_bad_input_is_a_one_line_error(tmp_path, digits, trained):
     run, _ = trained
     with pytest.raises(CnnlabError, match=r"average class probabilities, but .* is a "
                                           r"reconstruction run; drop --tta"):
-        evaluate_run_tta(run)
+        evaluate_ensemble([run], tta="flip")
     with pytest.raises(CnnlabError, match=r"is a reconstruction run \(cae\), but cnnlab "
                                           r"features needs a classification run"):
         check_task(run_info(run), "classification", "cnnlab features")
     other = retag(run, tmp_path / "other", task="classification")
     with pytest.raises(CnnlabError, match=r"is a classification run but .* a reconstruction "
                                           r"run; an ensemble averages one task's predictions"):
-        from cnnlab.train.ensemble import evaluate_ensemble
-
         evaluate_ensemble([run, other])
-
-
-def evaluate_run_tta(run):
-    from cnnlab.train.ensemble import evaluate_ensemble
-
-    return evaluate_ensemble([run], tta="flip")
 
 
 def test_init_from_an_autoencoder_run_pretrains_a_classifier_s_encoder(tmp_path):
@@ -234,3 +249,8 @@ def test_init_from_an_autoencoder_run_pretrains_a_classifier_s_encoder(tmp_path)
     with pytest.raises(CnnlabError, match=r"no encoder layer of .* \(c1, c3\) has the name and "
                                           r"shapes of a layer of CifarResNet"):
         apply_transfer(models.create("resnet20", in_channels=1), str(tmp_path / "run"))
+
+
+def test_the_docstring_examples_run():
+    failures, tried = doctest.testmod(reconstruction)
+    assert tried >= 1 and failures == 0

@@ -104,6 +104,7 @@ class ConvAutoencoder(Classifier):
                                        not isinstance(code_units, int) or code_units < 1):
             raise ModelError(f"code_units must be a positive int, got {code_units!r}")
         self.stages = tuple(stages)
+        self._min_side: int | None = None          # min_input_size(), worked out once
         self.in_channels, self.input_size, self.tied = in_channels, input_size, bool(tied)
         self.default_input_shape = (in_channels, input_size, input_size)
         self.num_classes = None
@@ -168,10 +169,12 @@ class ConvAutoencoder(Classifier):
 
     def min_input_size(self) -> int:
         """The smallest square input side every stage fits."""
-        side = 1
-        while self._sizes(side) is None:
-            side += 1
-        return side
+        if self._min_side is None:
+            side = 1
+            while self._sizes(side) is None:
+                side += 1
+            self._min_side = side
+        return self._min_side
 
     def _code_shape(self, side: int) -> tuple[int, int, int]:
         sizes = self._sizes(side)

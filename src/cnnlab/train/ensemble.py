@@ -40,7 +40,7 @@ from cnnlab.train._runs import RunInfo, run_data, run_info
 from cnnlab.train.evaluation import Member, Views, evaluate_members
 from cnnlab.train.loop import resolve_device
 from cnnlab.train.run import load_run
-from cnnlab.train.tasks import Classification, Task, task_for
+from cnnlab.train.tasks import Classification, Task, task_for, task_name
 
 TTA = ("none", "flip", "crops")
 Tta = Literal["none", "flip", "crops"]
@@ -77,6 +77,10 @@ def predict_proba(model: nn.Module, dataset: ImageDataset, *, tta: Tta = "none",
 
     Inputs are normalised with ``mean``/``std`` (default: the data set's), in eval mode.
     """
+    if task_name(model) != Classification.name:
+        raise CnnlabError(f"predict_proba gives class probabilities, but "
+                          f"{type(model).__name__} is a {task_name(model)} model; evaluate it "
+                          "with evaluate(model, dataset)")
     views = test_views(tta, dataset.image_shape, crop_padding)
     member = Member(model, Classification(model, dataset.num_classes),
                     dataset.mean if mean is None else mean, dataset.std if std is None else std)

@@ -24,7 +24,7 @@ from cnnlab.train import distributed
 from cnnlab.train.batches import Batches, normalizer
 from cnnlab.train.distributed import Context
 from cnnlab.train.run import device_of
-from cnnlab.train.tasks import Classification, Sums, Task
+from cnnlab.train.tasks import Classification, Sums, Task, task_class, task_name
 
 Views = Callable[[torch.Tensor], list[torch.Tensor]]
 
@@ -138,10 +138,14 @@ def evaluate(model: nn.Module, dataset: ImageDataset, batch_size: int = 500,
     ``top5``, ``error``, ``per_class_top1``), and the count ``n``: an ensemble of one.
 
     Inputs are normalised with ``mean``/``std`` (default: the data set's own statistics;
-    pass the training set's when evaluating on another set). ``task`` defaults to
-    classification of the model's classes.
+    pass the training set's when evaluating on another set). ``task`` defaults to the
+    model's declared one: classification of its classes, or an autoencoder's reconstruction
+    (mse, no noise).
     """
-    task = task or Classification(model, dataset.num_classes)
+    if task is None:
+        name = task_name(model)
+        task = (Classification(model, dataset.num_classes) if name == Classification.name
+                else task_class(name)())
     member = Member(model, task, dataset.mean if mean is None else mean,
                     dataset.std if std is None else std)
     return evaluate_members([member], dataset, batch_size, context=context,

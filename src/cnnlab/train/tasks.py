@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,9 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.train.metrics import confusion_matrix, per_class_accuracy
+
+if TYPE_CHECKING:
+    from cnnlab.train.config import TrainConfig
 
 Sums = dict[str, torch.Tensor]
 
@@ -235,7 +238,7 @@ def task_class(name: str) -> type[Task]:
                       "reconstruction (autoencoders); write a Task and pass it to train(task=...)")
 
 
-def task_for(model: nn.Module, config: Any, num_classes: int = 0,
+def task_for(model: nn.Module, config: TrainConfig, num_classes: int = 0,
              classes: Sequence[str] = ()) -> Task:
     """The task that trains (and evaluates) ``model`` under the settings ``config`` (a
     :class:`~cnnlab.train.TrainConfig`): the model's declared task (:func:`task_name`),
