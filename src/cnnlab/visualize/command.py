@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import textwrap
 import typing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError, DataError, ShapeError
 from cnnlab.train.tasks import Classification
+from cnnlab.visualize import synthesis
 from cnnlab.visualize.pictures import (
     filter_image,
     heatmap,
@@ -51,7 +53,8 @@ from cnnlab.visualize.targets import (
 if typing.TYPE_CHECKING:
     from cnnlab.train._runs import RunInfo
 
-__all__ = ["DEFAULT_CHANNELS", "DEFAULT_COUNT", "METHODS", "add_parser", "read_images", "run"]
+__all__ = ["DEFAULT_CHANNELS", "DEFAULT_COUNT", "METHODS", "add_parser", "parse_channels",
+           "parse_targets", "read_images", "run"]
 
 METHODS = ("saliency", "deconvnet", "guided", "top-k", "class-images", "filters", "maps")
 DEFAULT_COUNT = 8          # images drawn when --count is not given (top-k: the whole split)
@@ -60,20 +63,24 @@ ROWS_PER_PICTURE = 8       # images per PNG of the gradient maps and feature map
 CLASSIFICATION = Classification.name
 
 # what each method shows, for --help and the page (8.5.1)
+_SIGNED = ("zero is mid-grey in colour images, white between blue (negative) and red "
+           "(positive) in grey ones")
 ABOUT = {
     "saliency": "Saliency (Simonyan et al.): the largest |d target / d pixel| over the colour "
                 "channels, the pixels whose change moves the target most; grey, each map "
                 "scaled by its own maximum.",
     "deconvnet": "Deconvnet map (Zeiler and Fergus, Fig. 8.14): the target's gradient with "
-                 "each ReLU passing back only the positive part of the gradient; mid-grey is 0.",
+                 f"each ReLU passing back only the positive part of the gradient; {_SIGNED}.",
     "guided": "Guided backpropagation (Springenberg et al., Fig. 8.14): ReLUs pass a gradient "
-              "back only where both their input and the gradient are positive; mid-grey is 0.",
+              f"back only where both their input and the gradient are positive; {_SIGNED}.",
     "top-k": "Top-k patches (Zeiler and Fergus, Figs. 8.13, 8.15): the k strongest activations "
              "of each channel over the data set, cropped at the neuron's receptive field, "
-             "beside the deconvnet reconstruction of that one activation.",
+             "above the deconvnet reconstruction of each one activation.",
     "class-images": "Synthesised images (Eq. 8.4): gradient ascent on the target minus "
-                    "lambda ||x||^2 from a zero image, with jitter, blur and clipping to the "
-                    "data range.",
+                    f"lambda ||x||^2 (lambda {synthesis.L2}, step {synthesis.LR}) from a zero "
+                    f"image plus noise (std {synthesis.NOISE}), with jitter (up to "
+                    f"{synthesis.JITTER} pixels), blur (sigma {synthesis.BLUR} every "
+                    f"{synthesis.BLUR_EVERY} steps) and clipping to the data range.",
     "filters": "The first convolution's filters, each stretched from its minimum (black) to "
                "its maximum (white).",
     "maps": "Feature maps of a layer for each image, each map scaled by its own largest "
@@ -102,14 +109,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     from cnnlab.data import SPLITS
     from cnnlab.ops import KernelName
     from cnnlab.train.config import SETTINGS
-    from cnnlab.visualize import synthesis
 
     batch = SETTINGS["eval_batch_size"].default
     p: argparse.ArgumentParser = subparsers.add_parser(
         "visualize", help="pictures of what a trained run sees: gradient maps, top-k patches, "
         "synthesised images, filters, feature maps (8.5.1)",
-        description="Draw one kind of picture of a trained run (8.5.1) into --out as PNGs and "
-        "one self-contained index.html. " + " ".join(f"{m}: {ABOUT[m]}" for m in METHODS),
+        description="Draw one kind of picture of a trained run (8.5.1) into --out as PNGs "
+        "and one self-contained index.html.\n\n" + "\n".join(
+            textwrap.fill(f"{m}: {ABOUT[m]}", 92, subsequent_indent="  ") for m in METHODS),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run folder written by `cnnlab train`")
     p.add_argument("--method", required=True, choices=METHODS, help="what to draw")
