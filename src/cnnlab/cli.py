@@ -1,4 +1,4 @@
-"""The ``cnnlab`` command: models, summary, train, eval, features, download.
+"""The ``cnnlab`` command: models, summary, train, eval, features, visualize, plot, download.
 
 A user mistake prints ``error: ...`` on one line and exits with status 2; no traceback. An
 operating-system failure that no command explained (a full disk, a missing folder) prints
@@ -458,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder written by `cnnlab train`")
     p.set_defaults(func=cmd_plot)
 
+    from cnnlab.visualize.command import add_parser as add_visualize
+
+    add_visualize(sub)                  # cnnlab visualize RUN --method ...
     p = sub.add_parser("download", help="fetch a data set from its publisher, checksums verified")
     p.add_argument("name", choices=[n for n in data.names() if not data.info(n).embedded])
     p.add_argument("--data-dir", help="where to put it (default: $CNNLAB_DATA, else ~/.cache/cnnlab)")
