@@ -82,6 +82,26 @@ def test_an_autoencoder_trains_through_the_trainer(trained):
     assert info.task == "reconstruction" and info.input_shape == (1, 8, 8)
 
 
+def test_a_loaded_run_takes_the_size_it_was_trained_at(trained):
+    run, _ = trained
+    assert models.create("cae").default_input_shape == (1, 28, 28)      # the builder's default
+    model, _ = load_run(run)
+    assert model.default_input_shape == (1, 8, 8)
+
+
+def test_overwrite_removes_a_stale_reconstruction_grid(trained, tmp_path):
+    """The grid is one of the trainer's own files: a classifier trained over the run with
+    --overwrite leaves no autoencoder picture behind."""
+    run, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    small = tuple(load("digits", split, size=32).subset(torch.arange(40))
+                  for split in ("train", "test"))
+    train(config(tmp_path, "copy", model="lenet5_modern", epochs=1), progress=False,
+          datasets=small, overwrite=True)
+    assert not (copy / GRID).exists() and (copy / WEIGHTS).is_file()
+
+
 def test_the_run_folder_shows_originals_noisy_inputs_and_reconstructions(trained):
     run, _ = trained
     grid = Image.open(run / GRID)

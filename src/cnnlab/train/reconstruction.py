@@ -35,13 +35,13 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.errors import CnnlabError
+from cnnlab.train.run import RECONSTRUCTIONS as GRID  # the run folder's picture of them
 from cnnlab.train.tasks import Sums, Task
 
 if TYPE_CHECKING:
     from cnnlab.train.config import TrainConfig
 
 LOSSES = ("mse", "l1", "bce")
-GRID = "reconstructions.png"      # the run folder's picture of test images and reconstructions
 SHOWN = 10                        # test images in that picture
 MIN_MSE = 1e-10                   # psnr of a perfect reconstruction: 100 dB, not infinity
 NOISE_SEED = 0xDE401E            # mixed into the noise generator's seed

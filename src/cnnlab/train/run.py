@@ -41,7 +41,8 @@ from cnnlab.train.config import TrainConfig
 CONFIG, METRICS, WEIGHTS = "config.json", "metrics.jsonl", "model.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
 CONFUSION, CURVES, CONFUSION_PLOT = "confusion.json", "curves.png", "confusion.png"
-OUTPUTS = (WEIGHTS, METRICS, CONFUSION, CURVES, CONFUSION_PLOT)   # a run's results
+RECONSTRUCTIONS = "reconstructions.png"   # an autoencoder's test images above their reconstructions
+OUTPUTS = (WEIGHTS, METRICS, CONFUSION, CURVES, CONFUSION_PLOT, RECONSTRUCTIONS)  # a run's results
 OWN = (CONFIG, CHECKPOINT, *OUTPUTS)     # every file the trainer writes (and tensorboard/)
 # settings every config.json that cnnlab wrote holds (later versions add more, never fewer)
 _CORE = frozenset(("model", "data", "epochs", "batch_size", "lr", "seed", "out"))
@@ -431,7 +432,8 @@ def load_run(run_dir: str | os.PathLike[str], model: nn.Module | None = None
     """Rebuild a trained model from a run folder: ``(model in eval mode, its TrainConfig)``.
 
     ``model``: load the weights into this module instead of building ``config.model`` from the
-    registry (for models that are not registered). Weights saved for another model than the
+    registry (for models that are not registered); a built model's ``default_input_shape`` is
+    the one the run was trained at. Weights saved for another model than the
     folder's ``config.json`` names are refused.
     """
     run = Path(run_dir)
@@ -462,6 +464,11 @@ def load_run(run_dir: str | os.PathLike[str], model: nn.Module | None = None
             raise CnnlabError(f"{run / WEIGHTS} lacks the trainer's metadata (num_classes, "
                               "in_channels); pass the model: load_run(run, model=...)") from None
         model = models.create(config.model, num_classes=num_classes, in_channels=in_channels)
+        # the input it was trained at, which may differ from the builder's default (an
+        # autoencoder or a fully convolutional net trained on other sizes)
+        shape = meta.get("input_shape")
+        if isinstance(shape, list) and getattr(model, "default_input_shape", None) is not None:
+            model.default_input_shape = tuple(int(v) for v in shape)
     state = load_file(str(run / WEIGHTS))
     try:
         model.load_state_dict(state)
