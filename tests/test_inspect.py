@@ -172,3 +172,42 @@ def test_start_jump_and_field_bound_the_gradient_of_every_unit():
         rows = g[0, 0].abs().sum(1).nonzero().flatten().tolist()
         first, last = a + i * j, a + i * j + rf - 1          # may lie in the padding
         assert rows == list(range(max(first, 0), min(last, 11) + 1))
+
+
+def _rows(s):
+    return {r.name: r for r in s.rows}
+
+
+def test_an_autoencoders_deconvolution_costs_what_a_transposed_convolution_does():
+    for tied in (True, False):
+        s = summarize(models.create("cae", tied=tied), (1, 28, 28))
+        rows = _rows(s)
+        deconv, conv = rows["decoder.deconv1"], rows["encoder.conv1"]
+        # the decoder's 16 -> 1 maps, 5x5 filters, half padding, on 28x28 inputs
+        torch_up = summarize(nn.ConvTranspose2d(16, 1, 5, padding=2), (16, 28, 28)).rows[0]
+        assert deconv.kind == "Deconv2d" and deconv.volume == torch_up.volume == "28×28×1"
+        assert deconv.macs == torch_up.macs == 28 * 28 * 16 * 25
+        assert deconv.macs == conv.macs                   # the same products, transposed
+        assert s.totals.macs == conv.macs + deconv.macs == sum(r.macs for r in s.rows)
+        assert deconv.params == 1 + (0 if tied else 16 * 25)      # tied: only its bias
+        # unpooling puts each of pool1's units (field 6, jump 2) back in its 2x2 window:
+        # a field of 6 per output; then the 5x5 deconvolution spans 3 pooled units: 6 + 2·2
+        assert rows["decoder.unpool1"].receptive_field == (6, 6)
+        assert deconv.receptive_field == (10, 10) and deconv.jump == (1, 1)
+        assert all(isinstance(j, float) for j in deconv.jump)    # not an exact window
+
+
+def test_a_strided_decoder_has_the_fields_of_torchs_transposed_convolutions():
+    ae = models.create("cae_strided")
+    torch.manual_seed(0)
+    twin = nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1), nn.Conv2d(16, 8, 3, 2, 1),
+                         nn.ConvTranspose2d(8, 16, 3, 2, 1, output_padding=1),
+                         nn.ConvTranspose2d(16, 1, 3, 2, 1, output_padding=1))
+    mine = [r for r in summarize(ae, (1, 28, 28)).rows if r.kind in ("Conv2d", "Deconv2d")]
+    want = summarize(twin, (1, 28, 28)).rows
+    assert [r.kind for r in mine] == ["Conv2d", "Conv2d", "Deconv2d", "Deconv2d"]
+    for a, b in zip(mine, want, strict=True):
+        assert (a.volume, a.macs, a.receptive_field, a.jump, a.start) == (
+            b.volume, b.macs, b.receptive_field, b.jump, b.start)
+    assert [r.macs for r in mine] == [14 * 14 * 16 * 9, 7 * 7 * 8 * 16 * 9,
+                                      7 * 7 * 8 * 16 * 9, 14 * 14 * 16 * 9]

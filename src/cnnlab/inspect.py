@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError, ShapeError, SizeError
+from cnnlab.nn.autoencoder import Deconv2d
 from cnnlab.nn.layers import GlobalAvgPool
 from cnnlab.nn.lenet import RBF, PartialConv2d, Subsampling
 from cnnlab.ops._shapes import MAX_SIZE
@@ -213,24 +214,57 @@ def _window(m: nn.Module, dims: int, x: torch.Tensor, y: torch.Tensor) -> Window
     return None
 
 
+def _transposed_filter(m: nn.Module) -> torch.Tensor | None:
+    """The filter bank of a transposed convolution, in conv_transpose's layout
+    (C_in x C_out/groups x *kernel): torch's ConvTransposeNd, or an autoencoder's Deconv2d
+    (the encoder's weight when tied)."""
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        return m.weight
+    if isinstance(m, Deconv2d):
+        return m.filter()
+    return None
+
+
+def _transposed_window(m: nn.Module, dims: int) -> Window | None:
+    """(kernel, stride, dilation, padding) of a layer that runs a window backwards, each input
+    spread over an output window: a transposed convolution, or max unpooling (the transpose
+    of its pool, which puts each value at one place of its window), or None."""
+    def tup(v: Any) -> tuple[int, ...]:
+        return (int(v),) * dims if isinstance(v, int) else tuple(int(u) for u in v)
+
+    weight = _transposed_filter(m)
+    if weight is not None:
+        mod: Any = m
+        return tuple(weight.shape[2:]), tup(mod.stride), tup(mod.dilation), tup(mod.padding)
+    if isinstance(m, nn.modules.pooling._MaxUnpoolNd):
+        return tup(m.kernel_size), tup(m.stride), (1,) * dims, tup(m.padding)
+    return None
+
+
 def _next_field(m: nn.Module, x: torch.Tensor | None, y: torch.Tensor,
                 field_in: Fields | None) -> Fields | None:
     """r_out = r_in + (k - 1)·d·j_in, j_out = j_in·s and start_out = start_in - p·j_in per
     spatial dim (None once flat): unit i of the output sees input pixels
-    start_out + i·j_out .. start_out + i·j_out + r_out - 1."""
+    start_out + i·j_out .. start_out + i·j_out + r_out - 1.
+
+    Past a transposed convolution or an unpooling that rule holds only roughly (neighbouring
+    outputs share inputs, so the window is not affine in i): its jump j_in / s is then a
+    float, also where it is whole, and stays one through later layers, which tells a caller
+    needing exact windows (top-k crops) to refuse the layer.
+    """
     dims = y.dim() - 2
     if dims < 1 or field_in is None or x is None or len(field_in[0]) != dims \
             or x.dim() != y.dim():
         return None
     rf, jump, start = field_in
-    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+    transposed = _transposed_window(m, dims)
+    if transposed is not None:
         # each output sees about ceil(F/S) neighbouring inputs, and outputs lie S times closer;
         # output 0 gets inputs ceil((P - e + 1) / S) .. P // S (e: the dilated filter extent)
-        kernel, stride = tuple(m.weight.shape[2:]), tuple(m.stride)
-        ext = [d * (k - 1) + 1 for k, d in zip(kernel, m.dilation)]
+        kernel, stride, dilation, pad = transposed
+        ext = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
         new_rf = tuple(r + (math.ceil(e / s) - 1) * j for r, e, s, j in zip(rf, ext, stride, jump))
-        new_jump = tuple(j / s if j % s else j // s for j, s in zip(jump, stride))
-        pad = tuple(int(p) for p in m.padding)
+        new_jump = tuple(j / s for j, s in zip(jump, stride))
         new_start = tuple(a + -((e - 1 - p) // s) * j
                           for a, e, p, s, j in zip(start, ext, pad, stride, jump))
         return new_rf, new_jump, new_start
@@ -247,8 +281,9 @@ def _next_field(m: nn.Module, x: torch.Tensor | None, y: torch.Tensor,
 
 def _macs(m: nn.Module, x: torch.Tensor | None, y: torch.Tensor, n: int) -> int:
     """Multiply-accumulates per example (biases and pooling not counted)."""
-    if isinstance(m, nn.modules.conv._ConvTransposeNd) and x is not None:
-        return x.numel() // n * (m.out_channels // m.groups) * math.prod(m.weight.shape[2:])
+    transposed = _transposed_filter(m)
+    if transposed is not None and x is not None:   # each input times its C_out/groups x kernel
+        return x.numel() // n * math.prod(transposed.shape[1:])
     if isinstance(m, nn.modules.conv._ConvNd):
         return y.numel() // n * (m.in_channels // m.groups) * math.prod(m.weight.shape[2:])
     if isinstance(m, nn.Linear):
@@ -351,7 +386,10 @@ def summarize(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
     the padding), so unit i sees pixels start + i·jump .. start + i·jump + field - 1. When a layer's input was made by
     an operation that is not a module (``torch.flatten``, ``x + y``, ``torch.cat``), its field
     is taken from the most recent row, which is exact for a chain and an approximation across
-    branches. Activations, bytes and MACs are per example; biases and pooling cost no MACs.
+    branches. Past a transposed convolution (torch's, or an autoencoder's ``Deconv2d``) or
+    an unpooling, the field is the widest an output can see and the jump a float (no
+    single window per unit). Activations, bytes and MACs are per example; biases and
+    pooling cost no MACs.
 
     >>> import cnnlab.spec
     >>> net = cnnlab.spec.build("C3D8 C3D8 C3D8", (1, 16, 16))
