@@ -7,6 +7,7 @@ from torch import nn
 
 import cnnlab.nn as cnn
 from cnnlab import data, models, ops
+from cnnlab.data import ImageDataset
 from cnnlab.errors import CnnlabError, ModelError, ShapeError
 from cnnlab.spec import build
 from cnnlab.visualize.gradients import gradients
@@ -109,25 +110,68 @@ def test_box_errors():
         receptive_box(nn.Sequential(cnn.Conv2d(1, 2, 3)), "0", (0, 0))
 
 
+def test_no_box_past_an_autoencoders_unpooling_or_deconvolution():
+    ae = models.create("cae")
+    assert receptive_box(ae, "pool1", (1, 1)) == Box((0, 0), (6, 6))       # 5x5 half, 2x2/2
+    for layer in ("unpool1", "deconv1"):                # outputs share inputs: no one window
+        with pytest.raises(ShapeError, match=rf"layer '{layer}' follows a transposed "
+                                             r"convolution or an unpooling.*earlier layer"):
+            receptive_box(ae, layer, (0, 0))
+
+
 # ---- top-k ----------------------------------------------------------------------------------
 
-def _brute(net, dataset, layer, channels, k):
-    """Every unit of the channels sorted: by value, ties by image then position."""
+def _maps(net, dataset, layer, channels):
     x = (dataset.images.double() - dataset.mean[0]) / dataset.std[0]
     with torch.no_grad():
         out = net[:list(net.chapter_layers).index(layer) + 1](x)     # N x C x h x w
-    flat = out[:, channels].flatten(2).transpose(0, 1).flatten(1)    # c x N·h·w
+    return out[:, channels].flatten(2), out.shape[2:]                 # N x c x h·w
+
+
+def _brute(net, dataset, layer, channels, k):
+    """Every unit of the channels sorted: by value, ties by image then position."""
+    maps, size = _maps(net, dataset, layer, channels)
+    flat = maps.transpose(0, 1).flatten(1)                           # c x N·h·w
     order = flat.sort(dim=1, descending=True, stable=True).indices[:, :k]
-    return flat.gather(1, order), order, out.shape[2:]
+    return flat.gather(1, order), order, size
+
+
+def _brute_per_image(net, dataset, layer, channels, k):
+    """Each image's strongest unit per channel (the first in row-major order on ties), the
+    images sorted by it, ties by image: values, images, flat positions (c x k each)."""
+    maps, size = _maps(net, dataset, layer, channels)
+    peak = maps.amax(dim=2)                                          # N x c
+    units = torch.arange(maps.shape[2]).expand_as(maps)
+    first = torch.where(maps == peak[..., None], units, maps.shape[2]).amin(dim=2)
+    images = peak.t().sort(dim=1, descending=True, stable=True).indices[:, :k]   # c x k
+    return peak.t().gather(1, images), images, first.t().gather(1, images), size
+
+
+def _flat(best, size):
+    return best.positions[..., 0] * size[1] + best.positions[..., 1]
 
 
 @pytest.mark.parametrize("k", [1, 9])
-def test_top_k_equals_a_brute_force_sort(digits, k):
+def test_top_k_per_image_equals_a_brute_force_sort(digits, k):
+    net = _net("C3D4 M C3D6", (1, 16, 16))
+    channels = [0, 3, 5]
+    values, images, positions, size = _brute_per_image(net, digits, "conv2", channels, k)
+    best = top_k(net, digits, "conv2", channels, k=k, batch_size=37)     # 37 does not divide 360
+    assert best.per_image and best.channels == (0, 3, 5) and best.count == 360
+    _close(best.values, values)
+    assert torch.equal(best.images, images) and torch.equal(_flat(best, size), positions)
+    for row in best.images.tolist():
+        assert len(set(row)) == k                                    # k different images
+
+
+@pytest.mark.parametrize("k", [1, 9])
+def test_top_k_over_all_positions_equals_a_brute_force_sort(digits, k):
     net = _net("C3D4 M C3D6", (1, 16, 16))
     channels = [0, 3, 5]
     values, order, size = _brute(net, digits, "conv2", channels, k)
-    best = top_k(net, digits, "conv2", channels, k=k, batch_size=37)     # 37 does not divide 360
+    best = top_k(net, digits, "conv2", channels, k=k, batch_size=37, per_image=False)
     units = size[0] * size[1]
+    assert not best.per_image
     assert best.channels == (0, 3, 5) and best.count == 360 and best.map_size == (8, 8)
     _close(best.values, values)
     assert torch.equal(best.images, order // units)
@@ -137,11 +181,14 @@ def test_top_k_equals_a_brute_force_sort(digits, k):
 
 def test_top_k_of_every_channel_and_of_relu_zeros(digits):
     net = _net("C3D4 M C3D6", (1, 16, 16))
-    best = top_k(net, digits, "relu2", k=9, batch_size=100)
-    values, _, _ = _brute(net, digits, "relu2", list(range(6)), 9)
-    assert best.channels == tuple(range(6))
-    _close(best.values, values)
-    assert best.state_bytes == 6 * 9 * (8 + 8)                           # bounded by k
+    for per_image, brute in [(False, _brute), (True, _brute_per_image)]:
+        best = top_k(net, digits, "relu2", k=9, batch_size=100, per_image=per_image)
+        values, images = brute(net, digits, "relu2", list(range(6)), 9)[:2]
+        assert best.channels == tuple(range(6))
+        _close(best.values, values)
+        if per_image:
+            assert torch.equal(best.images, images)
+        assert best.state_bytes == 6 * 9 * (8 + 8)                       # bounded by k
 
 
 def test_ties_rank_by_image_then_position(digits):
@@ -149,17 +196,40 @@ def test_ties_rank_by_image_then_position(digits):
     with torch.no_grad():
         net.conv1.weight.zero_()
         net.conv1.bias.zero_()                                           # every unit is 0
-    best = top_k(net, digits, "pool1", [1], k=9, batch_size=2)
+    best = top_k(net, digits, "pool1", [1], k=9, batch_size=2, per_image=False)
     assert best.values.eq(0).all()
     assert best.images.tolist() == [[0, 0, 0, 0, 1, 1, 1, 1, 2]]
     assert best.positions[0].tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]] * 2 + [[0, 0]]
-    few = top_k(net, digits.subset(slice(0, 2)), "pool1", [0], k=20)
+    few = top_k(net, digits.subset(slice(0, 2)), "pool1", [0], k=20, per_image=False)
     assert few.k == 8                                                    # all 2 x 4 units
+    one = top_k(net, digits, "pool1", [1], k=9, batch_size=2)
+    assert one.images.tolist() == [list(range(9))] and one.positions.eq(0).all()
+    assert top_k(net, digits.subset(slice(0, 2)), "pool1", [0], k=20).k == 2   # 2 images
+
+
+def test_per_image_ties_by_hand():
+    # five 3 x 3 images through a ReLU (the identity on them): each image's first strongest
+    # unit in row-major order, the images by it, equal ones by data set order
+    images = torch.zeros(5, 1, 3, 3)
+    images[0, 0, 1, 2] = images[0, 0, 2, 0] = 2                  # first: (1, 2)
+    images[1, 0, 0, 1] = 3
+    images[2, 0, 2, 2] = 2                                       # ties image 0, after it
+    images[3] += 1
+    images[4, 0, 2, 1] = images[4, 0, 0, 0] = 3                  # first: (0, 0)
+    toy = ImageDataset(images, torch.zeros(5, dtype=torch.long), name="toy", split="test",
+                       classes=(), mean=[0.0], std=[1.0])
+    net = nn.Sequential(cnn.ReLU())
+    best = top_k(net, toy, "0", k=4, batch_size=2)                # ties across batches too
+    assert best.values.tolist() == [[3, 3, 2, 2]] and best.images.tolist() == [[1, 4, 0, 2]]
+    assert best.positions[0].tolist() == [[0, 1], [0, 0], [1, 2], [2, 2]]
+    every = top_k(net, toy, "0", k=4, batch_size=2, per_image=False)
+    assert every.values.tolist() == [[3, 3, 3, 2]] and every.images.tolist() == [[1, 4, 4, 0]]
+    assert every.positions[0].tolist() == [[0, 1], [0, 0], [2, 1], [1, 2]]
 
 
 def test_top_k_normalises_like_evaluation(digits):
     net = _net("C3D4 M C3D6", (1, 16, 16))
-    mine = top_k(net, digits, "conv2", [2], k=3, mean=(0.5,), std=(0.25,))
+    mine = top_k(net, digits, "conv2", [2], k=3, mean=(0.5,), std=(0.25,), per_image=False)
     x = (digits.images.double() - 0.5) / 0.25
     with torch.no_grad():
         want = net[:4](x)[:, 2].flatten().sort(descending=True).values[:3]
@@ -177,6 +247,8 @@ def test_top_k_errors(digits):
         top_k(net, digits, "conv2", k=0)
     with pytest.raises(CnnlabError, match="batch_size"):
         top_k(net, digits, "conv2", batch_size=0)
+    with pytest.raises(CnnlabError, match=r"per_image is True .* got per_image='no'"):
+        top_k(net, digits, "conv2", per_image="no")
     with pytest.raises(ShapeError, match="do not fit"):
         top_k(models.create("lenet5_modern"), digits, "c3")              # 16 x 16, not 32
 

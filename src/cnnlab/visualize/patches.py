@@ -5,8 +5,9 @@ back to pixel space by a deconvnet.
 - :func:`receptive_box`: the exact window of input pixels one unit sees (it may reach past
   the border, into the padding), from the receptive field, jump and start that
   :func:`cnnlab.inspect.summarize` computes per layer;
-- :func:`top_k`: one streaming pass over a data set keeping, per channel, the k strongest
-  units over all images and positions (memory bounded by k, not by the data set);
+- :func:`top_k`: one streaming pass over a data set keeping, per channel, the k images whose
+  strongest unit is the largest, one unit each (or the k strongest units over all images
+  and positions); memory bounded by k, not by the data set;
 - :func:`crops`, :func:`crop_mask`: those units' input patches, all of one size;
 - :func:`project`, :func:`projections`: the deconvnet reconstruction of one unit through the
   stored pool switches and the transposed filters.
@@ -185,7 +186,8 @@ def _spatial_layers(model: nn.Module, summary: Summary) -> list[str]:
     names = []
     for name in layer_names(model):
         row = _row(summary, chapter.get(name, name))
-        if row is not None and row.receptive_field is not None:
+        if row is not None and row.receptive_field is not None \
+                and all(isinstance(j, int) for j in row.jump or ()):   # not past a transpose
             names.append(name)
     return names
 
@@ -217,8 +219,9 @@ def _geometry(model: nn.Module, layer: str, input_size: Sequence[int] | None) ->
                          f"top-k crops need a spatial layer: choose one of {shown or 'none'}")
     field, jump, start = row.receptive_field, row.jump or (), row.start or ()
     if not all(isinstance(v, int) for v in (*field, *jump, *start)):
-        raise ShapeError(f"layer {layer!r} follows a transposed convolution, so its units have "
-                         f"no single input window (jump {jump}); choose an earlier layer")
+        raise ShapeError(f"layer {layer!r} follows a transposed convolution or an unpooling, "
+                         f"so its units have no single input window (jump {jump}); choose an "
+                         "earlier layer")
     return _Geometry(layer, tuple(map(int, field)), tuple(map(int, jump)),
                      tuple(map(int, start)), tuple(row.output_shape[2:]), shape[1:])
 
@@ -232,7 +235,9 @@ class TopK:
     """The ``k`` strongest units of each of ``channels`` of ``layer`` over a data set,
     strongest first: ``values`` (channels x k), ``images`` (channels x k, indices into the
     data set) and ``positions`` (channels x k x spatial dims, row and column of the map; no
-    dims for a flat layer). Equal values rank by data set order, then by position (row-major).
+    dims for a flat layer). ``per_image``: each image gave at most one unit per channel (its
+    strongest), so a row's images differ; otherwise every unit of every image competed.
+    Equal values rank by data set order, then by position (row-major).
     """
 
     layer: str
@@ -242,6 +247,7 @@ class TopK:
     positions: torch.Tensor
     map_size: tuple[int, ...]
     count: int                          # images streamed
+    per_image: bool = True              # one unit per image (see top_k)
 
     @property
     def k(self) -> int:
@@ -342,19 +348,27 @@ def _merge(values: torch.Tensor, index: torch.Tensor, k: int
 
 def top_k(model: nn.Module, dataset: ImageDataset, layer: str,
           channels: Sequence[int] | None = None, k: int = 9, batch_size: int = 256, *,
-          mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-          progress: bool = False) -> TopK:
+          per_image: bool = True, mean: Sequence[float] | None = None,
+          std: Sequence[float] | None = None, progress: bool = False) -> TopK:
     """The ``k`` strongest units of each chosen channel of ``layer`` (default: every channel)
-    over all images of ``dataset`` and all positions of the map (Fig. 8.15's top 9), in one
-    pass, in eval mode.
+    over ``dataset``, in one pass, in eval mode.
+
+    ``per_image=True`` (Zeiler and Fergus, Fig. 8.15's top 9): each image takes part with its
+    strongest unit of the channel's map only (the first in row-major order on ties), and the
+    k images whose strongest unit is the largest are kept: k different images, one unit each.
+    ``per_image=False``: every unit of every image competes, so one image may fill several
+    places at neighbouring positions.
 
     Images are normalised with ``mean``/``std`` (default: the data set's), as evaluation
     does. Each batch's top k per channel is merged into the running top k, so memory is the
     batch's activations plus channels x k values, whatever the size of the data set. ``k``
-    larger than images x positions keeps them all. Equal activations rank by data set order,
-    then by position in row-major order.
+    larger than the candidates (images, or images x positions) keeps them all. Equal
+    activations rank by data set order, then by position in row-major order.
     """
     _check_k(k, batch_size)
+    if not isinstance(per_image, bool):
+        raise CnnlabError(f"per_image is True (each image's strongest unit, as Zeiler and "
+                          f"Fergus) or False (every position); got per_image={per_image!r}")
     if len(dataset) == 0:
         raise CnnlabError(f"no images to search: the data set {dataset.name!r} "
                           f"({dataset.split}) is empty")
@@ -380,12 +394,12 @@ def top_k(model: nn.Module, dataset: ImageDataset, layer: str,
                     map_size = tuple(out.shape[2:])
                 units = math.prod(map_size)
                 acts = out[:, list(chosen)].reshape(len(x), len(chosen), units)
-                flat = acts.transpose(0, 1).reshape(len(chosen), -1)          # c x n·units
-                if flat.isnan().any():
+                if acts.isnan().any():
                     raise CnnlabError(f"layer {layer!r} gives NaN for images {seen}.."
                                       f"{seen + len(x) - 1}; check the weights and the "
                                       "normalisation")
-                values, index = _batch_top(flat, k)
+                values, index = (_batch_top_per_image if per_image else _batch_top_units)(
+                    acts, k)
                 index = index + seen * units                                  # over the set
                 if best is not None:
                     values, index = _merge(torch.cat([best[0], values], 1),
@@ -398,7 +412,21 @@ def top_k(model: nn.Module, dataset: ImageDataset, layer: str,
     values, index = best[0].cpu(), best[1].cpu()
     units = math.prod(map_size)
     return TopK(layer, chosen, values, index // units, _unravel(index % units, map_size),
-                map_size, seen)
+                map_size, seen, bool(per_image))
+
+
+def _batch_top_units(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k strongest of all units of a batch (n x c x units) per channel: values and flat
+    indices image·units + position into the batch, c x k each."""
+    return _batch_top(acts.transpose(0, 1).reshape(acts.shape[1], -1), k)       # c x n·units
+
+
+def _batch_top_per_image(acts: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """As :func:`_batch_top_units`, but each image of the batch (n x c x units) competes
+    with its strongest unit per channel only (max gives the first on ties)."""
+    strongest, where = acts.max(dim=2)                                 # n x c each
+    values, image = _batch_top(strongest.t(), k)                       # c x k, images
+    return values, image * acts.shape[2] + where.t().gather(1, image)
 
 
 def _unravel(flat: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
