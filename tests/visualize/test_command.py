@@ -3,6 +3,7 @@ PNGs and index.html; --out is never overwritten without --overwrite and a failin
 nothing behind; each bad input is a one-line error naming the value and the fix."""
 
 import argparse
+import html
 import re
 import shlex
 from pathlib import Path
@@ -120,6 +121,25 @@ def test_default_targets_are_the_predicted_classes(run_dir, tmp_path, monkeypatc
     assert [row[1].split(":")[0] for row in seen[0]] == [f"class {p}" for p in predicted]
 
 
+def test_top_k_shows_different_images_unless_all_positions(run_dir, tmp_path, monkeypatch):
+    seen = []
+    keep = pictures.save_grid
+    monkeypatch.setattr(command, "save_grid",
+                        lambda rows, path, **kw: seen.append(kw["captions"][0]) or keep(rows, path,
+                                                                                        **kw))
+    shown = {}
+    for flag in ([], ["--all-positions"]):
+        seen.clear()
+        out = visualize(run_dir, "--method", "top-k", "--layer", "c3", "--channels", "0-5",
+                        "--count", "20", *flag, out=tmp_path / f"v{len(flag)}")
+        images = [[cell.split(":")[0] for cell in row] for row in seen]   # "#i" per cell
+        shown[bool(flag)] = images
+        ranked = command.RANKED[not flag]
+        assert f"<td>{html.escape(ranked)}</td>" in embedded(out)[1] and len(images) == 6
+    assert all(len(set(row)) == 9 for row in shown[False])           # 9 of the 20 images
+    assert any(len(set(row)) < 9 for row in shown[True])             # neighbours of one image
+
+
 def test_both_kernels_draw_the_same_saliency(run_dir, tmp_path):
     a = visualize(run_dir, "--method", "saliency", "--count", "2", out=tmp_path / "a")
     b = visualize(run_dir, "--method", "saliency", "--count", "2", "--kernel", "reference",
@@ -211,6 +231,8 @@ def test_a_failing_call_leaves_nothing_half_written(run_dir, tmp_path, monkeypat
                                    r"--method top-k needs a convolution or pooling layer")),
     ("--method maps --layer f6 --count 1", r"layer 'f6' gives 84 values per image, no spatial"),
     ("--method top-k", r"--method top-k needs --layer"),
+    ("--method maps --layer c1 --all-positions",
+     "--all-positions ranks the units of --method top-k; drop it for --method maps"),
     ("--method filters --layer c1", "drop --layer"),
     ("--method saliency --channels 1", "needs --layer"),
     ("--method saliency --targets 3 --layer c1", "drop --layer/--channels"),

@@ -59,6 +59,7 @@ __all__ = ["DEFAULT_CHANNELS", "DEFAULT_COUNT", "METHODS", "add_parser", "parse_
 METHODS = ("saliency", "deconvnet", "guided", "top-k", "class-images", "filters", "maps")
 DEFAULT_COUNT = 8          # images drawn when --count is not given (top-k: the whole split)
 DEFAULT_CHANNELS = 16      # channels of --layer shown when --channels is not given
+RANKED = {True: "each image's strongest unit", False: "every unit of every image"}  # top-k
 ROWS_PER_PICTURE = 8       # images per PNG of the gradient maps and feature maps
 CLASSIFICATION = Classification.name
 
@@ -73,9 +74,11 @@ ABOUT = {
                  f"each ReLU passing back only the positive part of the gradient; {_SIGNED}.",
     "guided": "Guided backpropagation (Springenberg et al., Fig. 8.14): ReLUs pass a gradient "
               f"back only where both their input and the gradient are positive; {_SIGNED}.",
-    "top-k": "Top-k patches (Zeiler and Fergus, Figs. 8.13, 8.15): the k strongest activations "
-             "of each channel over the data set, cropped at the neuron's receptive field, "
-             "above the deconvnet reconstruction of each one activation.",
+    "top-k": "Top-k patches (Zeiler and Fergus, Figs. 8.13, 8.15): the k images of the data "
+             "set whose strongest unit of each channel is largest, one unit per image "
+             "(--all-positions: the k strongest units over all images and positions), cropped "
+             "at the neuron's receptive field, above the deconvnet reconstruction of each one "
+             "activation.",
     "class-images": "Synthesised images (Eq. 8.4): gradient ascent on the target minus "
                     f"lambda ||x||^2 (lambda {synthesis.L2}, step {synthesis.LR}) from a zero "
                     f"image plus noise (std {synthesis.NOISE}), with jitter (up to "
@@ -136,6 +139,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, help=f"images taken from the data (default "
                    f"{DEFAULT_COUNT}; top-k: the whole split)")
     p.add_argument("--k", type=int, default=9, help="top-k: patches per channel (default 9)")
+    p.add_argument("--all-positions", action="store_true", help="top-k: rank every unit of "
+                   "every image, so one image may fill several places (default: each image's "
+                   "strongest unit only)")
     p.add_argument("--steps", type=int, default=synthesis.STEPS,
                    help=f"class-images: gradient-ascent steps (default {synthesis.STEPS})")
     p.add_argument("--batch-size", type=int, default=batch,
@@ -237,6 +243,9 @@ def _check_options(args: argparse.Namespace) -> None:
     if method == "top-k" and args.images:
         raise CnnlabError("--method top-k searches a data set (--data, --split), not "
                           "--images")
+    if method != "top-k" and args.all_positions:
+        raise CnnlabError(f"--all-positions ranks the units of --method top-k; drop it for "
+                          f"--method {method}")
     for name in ("count", "k", "steps", "batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -599,10 +608,11 @@ def draw_top_k(job: Job, folder: Path) -> list[Picture]:
         raise DataError(f"{ds.name} {split} holds no images; pick another --data or --split")
     from cnnlab.visualize.patches import crops, projections, top_k
 
+    per_image = not args.all_positions
     job.settings.update(layer=layer, channels=", ".join(map(str, channels)), k=args.k,
-                        data=f"{ds.name} {split}, {len(ds):,} images")
+                        ranked=RANKED[per_image], data=f"{ds.name} {split}, {len(ds):,} images")
     found = top_k(job.model, ds, layer, channels, k=args.k, batch_size=args.batch_size,
-                  mean=info.mean, std=info.std, progress=not args.quiet)
+                  per_image=per_image, mean=info.mean, std=info.std, progress=not args.quiet)
     patches = crops(ds, found, job.model)                      # channels x k x C x h x w
     back = projections(ds, found, job.model, mean=info.mean, std=info.std)
     pictures = []
@@ -615,9 +625,10 @@ def draw_top_k(job: Job, folder: Path) -> list[Picture]:
                          captions=captions, row_labels=["patches", "deconvnet"], cell=0.6)
         h, w = patches.shape[-2:]
         pictures.append(Picture(path, f"{layer}:{channel}: its {found.k} strongest units over "
-                                f"{found.count:,} images (captions: image index and "
-                                f"activation), cropped at their {h} x {w} receptive field, "
-                                "above the deconvnet reconstruction of each one"))
+                                f"{found.count:,} images, ranking {RANKED[found.per_image]} "
+                                f"(captions: image index and activation), cropped at their "
+                                f"{h} x {w} receptive field, above the deconvnet "
+                                "reconstruction of each one"))
     return pictures
 
 
