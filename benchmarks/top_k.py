@@ -2,7 +2,9 @@
 memory, and that the memory does not grow with the data set (issue 10, point (b)).
 
 ``cnnlab.visualize.top_k`` streams the images once and merges each batch's top k into a
-running top k per channel, so its state is channels x k whatever the data set's size. Each
+running top k per channel, so its state is channels x k whatever the data set's size. By
+default each image competes with its strongest unit per channel (k different images, as Zeiler
+and Fergus show them); ``--all-positions`` measures the ranking of every unit instead. Each
 size is measured in a fresh process: the data set is loaded, a first small pass warms up the
 lazy imports, then the resident memory (RSS, sampled every millisecond by a thread) is
 recorded above its level before the pass. The weights are lenet5_modern's initial ones:
@@ -78,14 +80,17 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     part = test.subset(slice(0, args.child))
     torch.manual_seed(0)
     model = models.create(args.model)
-    top_k(model, test.subset(slice(0, 64)), args.layer, k=args.k)      # warm-up: lazy imports
+    per_image = not args.all_positions
+    top_k(model, test.subset(slice(0, 64)), args.layer, k=args.k,       # warm-up: lazy imports
+          per_image=per_image)
     times, peaks = [], []
     for _ in range(args.repeat):
         _trim()
         before = _rss()
         with _Peak() as peak:
             start = time.perf_counter()
-            best = top_k(model, part, args.layer, k=args.k, batch_size=args.batch_size)
+            best = top_k(model, part, args.layer, k=args.k, batch_size=args.batch_size,
+                         per_image=per_image)
             times.append(time.perf_counter() - start)
         peaks.append(peak.peak - before)
     out_shape = (len(best.channels), *best.map_size)
@@ -105,6 +110,8 @@ def main() -> int:
     parser.add_argument("--model", default="lenet5_modern")
     parser.add_argument("--layer", default="c3")
     parser.add_argument("--k", type=int, default=9)
+    parser.add_argument("--all-positions", action="store_true",
+                        help="rank every unit of every image (default: each image's strongest)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--repeat", type=int, default=3, help="passes per size (median time)")
@@ -131,6 +138,7 @@ def main() -> int:
     if args.json:
         write_json(args.json, {
             "benchmark": "top_k", "model": args.model, "layer": args.layer, "k": args.k,
+            "per_image": not args.all_positions,
             "batch_size": args.batch_size, "weights": "initial (seed 0); time and memory do "
             "not depend on them", "data": "mnist test, 32x32", "repeat": args.repeat,
             "load_average": os.getloadavg(), "rows": rows, "machine": machine()})
