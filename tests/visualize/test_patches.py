@@ -13,6 +13,8 @@ from cnnlab.spec import build
 from cnnlab.visualize.gradients import gradients
 from cnnlab.visualize.patches import (
     Box,
+    NoProjection,
+    can_project,
     crop_mask,
     crops,
     project,
@@ -384,3 +386,31 @@ def test_project_errors():
         project(models.create("lenet5_modern"), torch.randn(1, 1, 32, 32), ("c3", 16))
     with pytest.raises(ShapeError, match="1 x 32 x 32"):
         project(models.create("lenet5_modern"), x, ("c3", 1))
+
+
+def test_a_network_that_is_no_chain_gets_its_deconvnet_gradient(digits):
+    """projections(method="auto") projects a chain through its switches and falls back, in a
+    residual net, to each unit's deconvnet-rule gradient, cut at the same boxes."""
+    torch.manual_seed(0)
+    residual = nn.Sequential(_Residual(), cnn.Conv2d(1, 3, 3)).double().eval()
+    residual.default_input_shape = (1, 16, 16)
+    chain = _net("C3D4 M C3D6", (1, 16, 16))
+    assert can_project(chain, torch.zeros(1, 1, 16, 16, dtype=torch.double), "conv2") is None
+    why = can_project(residual, torch.zeros(1, 1, 16, 16, dtype=torch.double), "1")
+    assert why is not None and "residual" in why
+    best = top_k(residual, digits, "1", [0, 2], k=3)
+    with pytest.raises(NoProjection, match="chain"):
+        projections(digits, best, residual, method="project")
+    pictures = projections(digits, best, residual)                      # auto: the gradient
+    x = ((digits.images[best.images[1]] - digits.mean[0]) / digits.std[0]).double()
+    for rank in range(3):
+        pos = tuple(best.positions[1, rank].tolist())
+        full = gradients(residual, x[rank:rank + 1], Target("1", 2, pos), rule="deconvnet")[0, 0]
+        src, dst = receptive_box(residual, "1", pos).clip((16, 16))
+        assert torch.equal(pictures[1, rank][(slice(None), *dst)], full[(slice(None), *src)])
+    best = top_k(chain, digits, "conv2", [1], k=2)
+    _close(projections(digits, best, chain), projections(digits, best, chain, method="project"))
+    _close(projections(digits, best, chain, method="gradient"),
+           projections(digits, best, chain, method="project"))          # equal where both exist
+    with pytest.raises(CnnlabError, match="unknown projection method 'switches'"):
+        projections(digits, best, chain, method="switches")

@@ -78,7 +78,8 @@ ABOUT = {
              "set whose strongest unit of each channel is largest, one unit per image "
              "(--all-positions: the k strongest units over all images and positions), cropped "
              "at the neuron's receptive field, above the deconvnet reconstruction of each one "
-             "activation.",
+             "activation (through the stored pool switches where the network is a chain of "
+             "layers, else the unit's deconvnet-rule gradient, e.g. in a residual net).",
     "class-images": "Synthesised images (Eq. 8.4): gradient ascent on the target minus "
                     f"lambda ||x||^2 (lambda {synthesis.L2}, step {synthesis.LR}) from a zero "
                     f"image plus noise (std {synthesis.NOISE}), with jitter (up to "
@@ -614,7 +615,14 @@ def draw_top_k(job: Job, folder: Path) -> list[Picture]:
     found = top_k(job.model, ds, layer, channels, k=args.k, batch_size=args.batch_size,
                   per_image=per_image, mean=info.mean, std=info.std, progress=not args.quiet)
     patches = crops(ds, found, job.model)                      # channels x k x C x h x w
-    back = projections(ds, found, job.model, mean=info.mean, std=info.std)
+    from cnnlab.train.batches import normalizer
+    from cnnlab.visualize.patches import ProjectionMethod, can_project
+
+    sample = normalizer(info.mean, info.std, torch.device("cpu"))(ds[0][0].unsqueeze(0))
+    method: ProjectionMethod = ("project" if can_project(job.model, sample, layer) is None
+                                else "gradient")
+    job.settings["reconstruction"] = RECONSTRUCTION[method]
+    back = projections(ds, found, job.model, mean=info.mean, std=info.std, method=method)
     pictures = []
     for row, channel in enumerate(found.channels):
         ranks = range(found.k)
@@ -628,8 +636,14 @@ def draw_top_k(job: Job, folder: Path) -> list[Picture]:
                                 f"{found.count:,} images, ranking {RANKED[found.per_image]} "
                                 f"(captions: image index and activation), cropped at their "
                                 f"{h} x {w} receptive field, above the deconvnet "
-                                "reconstruction of each one"))
+                                f"reconstruction of each one ({RECONSTRUCTION[method]})"))
     return pictures
+
+
+# how top-k's deconvnet pictures were made (cnnlab.visualize.patches.projections)
+RECONSTRUCTION = {"project": "projected through the stored pool switches and transposed filters",
+                  "gradient": "the unit's deconvnet-rule gradient: the network is not a chain "
+                              "of layers"}
 
 
 DRAW: dict[str, Callable[[Job, Path], list[Picture]]] = {

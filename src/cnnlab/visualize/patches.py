@@ -31,7 +31,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -47,6 +47,7 @@ from cnnlab.ops._shapes import transpose_output_length
 from cnnlab.spec import SoftmaxOutput
 from cnnlab.train.batches import Batches, normalizer
 from cnnlab.train.run import device_of
+from cnnlab.visualize.gradients import gradients
 from cnnlab.visualize.targets import (
     Target,
     TargetLike,
@@ -58,8 +59,8 @@ from cnnlab.visualize.targets import (
     select,
 )
 
-__all__ = ["Box", "TopK", "crop_mask", "crops", "project", "projections", "receptive_box",
-           "top_k"]
+__all__ = ["PROJECTION_METHODS", "Box", "NoProjection", "TopK", "can_project", "crop_mask",
+           "crops", "project", "projections", "receptive_box", "top_k"]
 
 Images = ImageDataset | torch.Tensor
 
@@ -503,7 +504,14 @@ def crop_mask(source: Images, topk: TopK, model: nn.Module) -> torch.Tensor:
 # The deconvnet projection (Zeiler and Fergus)
 # --------------------------------------------------------------------------------------------
 
+ProjectionMethod = Literal["auto", "project", "gradient"]
+PROJECTION_METHODS: tuple[ProjectionMethod, ...] = ("auto", "project", "gradient")
 _HELP = 'use gradients(model, x, target, rule="deconvnet") instead'
+
+
+class NoProjection(ModelError):
+    """The network cannot be projected explicitly (not a chain of layers up to the target, or
+    a layer without a deconvnet rule); its deconvnet-rule gradient still can."""
 
 
 @dataclass
@@ -538,7 +546,7 @@ def _trace(model: nn.Module, x: torch.Tensor, layer: str | None
         inp = next((a for a in args if isinstance(a, torch.Tensor)), None)
         out = output[0] if isinstance(output, tuple | list) else output
         if inp is None or not isinstance(out, torch.Tensor):
-            raise ModelError(f"project cannot follow layer {names[m]!r} ({type(m).__name__}), "
+            raise NoProjection(f"project cannot follow layer {names[m]!r} ({type(m).__name__}), "
                              f"which does not map one tensor to one tensor; {_HELP}")
         step = _Step(names[m], m, inp, out)
         if isinstance(m, nn.modules.pooling._MaxPoolNd):
@@ -572,12 +580,12 @@ def _check_chain(steps: list[_Step], x: torch.Tensor, out: torch.Tensor,
     previous, previous_name = x, "the input"
     for step in steps:
         if not _is_reshape(step.input, previous):
-            raise ModelError(f"project needs the network up to {where} to be a chain of layers, "
+            raise NoProjection(f"project needs the network up to {where} to be a chain of layers, "
                              f"each taking the previous one's output, but {step.name!r} does not "
                              f"take the output of {previous_name} {why}")
         previous, previous_name = step.output, repr(step.name)
     if not _is_reshape(out, previous):
-        raise ModelError(f"project needs the network up to {where} to be a chain of layers, but "
+        raise NoProjection(f"project needs the network up to {where} to be a chain of layers, but "
                          f"{where} are not what {previous_name} returns {why}" if layer is None
                          else f"project needs the network up to {where} to be a chain of layers, "
                          f"but {where} gives more than {previous_name} returns {why}")
@@ -652,13 +660,35 @@ def _project(model: nn.Module, x: torch.Tensor, target: Target,
         return signal.reshape(x.shape)
 
 
+def can_project(model: nn.Module, x: torch.Tensor, layer: str | None) -> str | None:
+    """Why :func:`project` cannot go back from ``layer`` for images ``x`` (one is enough), or
+    None where it can."""
+    check_images(model, x)
+    try:
+        with inspecting(model), torch.no_grad():
+            steps, _ = _trace(model, x[:1], layer)
+            for step in steps:
+                _back_rule(step)
+    except NoProjection as err:
+        return str(err)
+    return None
+
+
 def projections(source: Images, topk: TopK, model: nn.Module, *,
-                mean: Sequence[float] | None = None, std: Sequence[float] | None = None
-                ) -> torch.Tensor:
-    """The :func:`project` picture of every unit of ``topk``, cut at the same boxes as
+                mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                method: ProjectionMethod = "auto") -> torch.Tensor:
+    """The deconvnet picture of every unit of ``topk``, cut at the same boxes as
     :func:`crops`: channels x k x C x h x w (zero where a box lies past the image). Pixels of
     ``source`` are normalised with ``mean``/``std`` (default: a data set's own; images given
-    as a tensor without them are taken as the model's input)."""
+    as a tensor without them are taken as the model's input).
+
+    ``method``: ``"project"`` (:func:`project`, through the stored switches), ``"gradient"``
+    (the unit's deconvnet-rule gradient, which any network has: residual nets, branches) or
+    ``"auto"``: project where :func:`can_project`, else the gradient. The two are equal where
+    both exist and every layer is one :func:`project` names as equal."""
+    if method not in PROJECTION_METHODS:
+        raise CnnlabError(f"unknown projection method {method!r}: use one of "
+                          f"{', '.join(PROJECTION_METHODS)}")
     geometry, boxes, _ = _boxes(source, topk, model)
     out: torch.Tensor | None = None
     device = device_of(model)
@@ -673,7 +703,14 @@ def projections(source: Images, topk: TopK, model: nn.Module, *,
     for row, channel in enumerate(topk.channels):
         x = _images(source, topk.images[row]).to(device)
         x = (norm(x) if norm is not None else x).to(dtype)
-        maps = _project(model, x, Target(topk.layer, channel), topk.positions[row])
+        if method == "auto":
+            method = "project" if can_project(model, x, topk.layer) is None else "gradient"
+        if method == "project":
+            maps = _project(model, x, Target(topk.layer, channel), topk.positions[row])
+        else:                         # each image's own unit: one target per image
+            maps = torch.cat([gradients(model, x[i:i + 1], Target(
+                topk.layer, channel, tuple(int(p) for p in topk.positions[row, i])),
+                rule="deconvnet")[:, 0] for i in range(len(x))])
         if out is None:
             out = maps.new_zeros((len(topk.channels), topk.k, maps.shape[1], *geometry.field))
         for rank, box in enumerate(boxes[row]):
@@ -697,10 +734,10 @@ def _back_rule(step: _Step) -> Back:
         if isinstance(m, kinds):
             problem = _unsupported(step)
             if problem:
-                raise ModelError(f"project cannot go back through {step.name!r} "
+                raise NoProjection(f"project cannot go back through {step.name!r} "
                                  f"({type(m).__name__}): {problem}; {_HELP}")
             return rule
-    raise ModelError(f"project cannot go back through {step.name!r} ({type(m).__name__}): the "
+    raise NoProjection(f"project cannot go back through {step.name!r} ({type(m).__name__}): the "
                      f"deconvnet has no rule for this kind of layer; {_HELP}")
 
 
