@@ -9,7 +9,9 @@ from cnnlab.visualize.gradients import METHODS, deconvnet, gradients, guided, sa
 from cnnlab.visualize.maps import feature_maps, first_filters
 from cnnlab.visualize.patches import (
     Box,
+    NoProjection,
     TopK,
+    can_project,
     crop_mask,
     crops,
     project,
@@ -32,7 +34,7 @@ from cnnlab.visualize.targets import (
     target_values,
 )
 
-__all__ = ["METHODS", "Box", "Probe", "Target", "TopK", "as_target", "as_targets", "check_images",
+__all__ = ["METHODS", "Box", "NoProjection", "Probe", "Target", "TopK", "as_target", "as_targets", "can_project", "check_images",
            "crop_mask", "crops", "deconvnet", "feature_maps", "first_filters", "gradients",
            "guided", "input_range", "inspecting", "layer_names", "parse_target", "project",
            "projections", "receptive_box", "resolve_layer", "saliency", "select", "synthesize",
