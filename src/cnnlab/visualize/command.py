@@ -595,7 +595,7 @@ def draw_maps(job: Job, folder: Path) -> list[Picture]:
 
 def draw_top_k(job: Job, folder: Path) -> list[Picture]:
     """Per channel: its k strongest patches over the data set, above their deconvnet
-    reconstructions."""
+    reconstructions; one picture of all channels, then one of each."""
     from cnnlab.train._runs import run_data
 
     args, info = job.args, job.info
@@ -623,7 +623,19 @@ def draw_top_k(job: Job, folder: Path) -> list[Picture]:
                                 else "gradient")
     job.settings["reconstruction"] = RECONSTRUCTION[method]
     back = projections(ds, found, job.model, mean=info.mean, std=info.std, method=method)
-    pictures = []
+    # every channel in one picture first (Fig. 8.15's layout), then one picture each
+    h, w = patches.shape[-2:]
+    overview: list[list[torch.Tensor]] = []
+    labels: list[str] = []
+    for row, channel in enumerate(found.channels):
+        overview += [list(patches[row]), list(signed_image(back[row]))]
+        labels += [f"{layer}:{channel}", "deconvnet"]
+    path = save_grid(overview, folder / f"top{found.k}-{layer}.png", row_labels=labels,
+                     cell=0.45)
+    pictures = [Picture(path, f"{layer}, channels {', '.join(map(str, found.channels))}: each "
+                              f"channel's {found.k} strongest units over {found.count:,} images "
+                              f"({h} x {w} receptive fields), above their deconvnet "
+                              f"reconstructions ({RECONSTRUCTION[method]})")]
     for row, channel in enumerate(found.channels):
         ranks = range(found.k)
         cells = [list(patches[row]), list(signed_image(back[row]))]
@@ -631,7 +643,6 @@ def draw_top_k(job: Job, folder: Path) -> list[Picture]:
                      for r in ranks], [""] * found.k]
         path = save_grid(cells, folder / f"top{found.k}-{layer}-{channel}.png",
                          captions=captions, row_labels=["patches", "deconvnet"], cell=0.6)
-        h, w = patches.shape[-2:]
         pictures.append(Picture(path, f"{layer}:{channel}: its {found.k} strongest units over "
                                 f"{found.count:,} images, ranking {RANKED[found.per_image]} "
                                 f"(captions: image index and activation), cropped at their "
