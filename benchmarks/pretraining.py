@@ -1,5 +1,7 @@
-"""Unsupervised pretraining (8.5.2): lenet5_modern on 1,000 labelled MNIST images, from scratch vs
-with its conv layers taken from an autoencoder trained on all 60,000 unlabelled images.
+"""Unsupervised pretraining (8.5.2): lenet5_modern on 1,000 MNIST labels, scratch vs autoencoder init.
+
+From scratch, or with its conv layers taken from an autoencoder trained on all 60,000
+unlabelled MNIST training images.
 
 Issue 10 (e). The autoencoder is ``cae_lenet5`` (its encoder is LeNet-5 (modern)'s C1 and C3,
 names and shapes), trained on the 60,000 MNIST training images without their labels. The
@@ -41,8 +43,8 @@ def stratified(labels: torch.Tensor, n: int, seed: int = SUBSET_SEED) -> torch.T
     """``n`` indices, as equal a share of each class as ``n`` allows, drawn with ``seed``;
     sorted (the training order is the trainer's shuffle).
 
-    >>> stratified(torch.tensor([0, 1, 0, 1, 0, 1]), 4).tolist()
-    [0, 1, 3, 4]
+    >>> stratified(torch.tensor([0, 1, 0, 1, 0, 1]), 4).tolist()    # two of each class
+    [0, 3, 4, 5]
     """
     classes = labels.unique()
     gen = torch.Generator().manual_seed(seed)
