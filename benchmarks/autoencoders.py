@@ -27,8 +27,8 @@ rows are pairs:
 Run folders go to ``--out`` (``bench-autoencoders-DATA-ROW``); a finished folder trained with
 the same settings is reused, so a rerun does not retrain.
 
-    OMP_NUM_THREADS=1 python benchmarks/autoencoders.py --json benchmarks/results/autoencoders.json \\
-        --png 'docs/reconstructions-{data}.png'
+    OMP_NUM_THREADS=1 python benchmarks/autoencoders.py \\
+        --json benchmarks/results/autoencoders.json --png 'docs/reconstructions-{data}.png'
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Unsupervised pretraining (8.5.2): lenet5_modern on 1,000 MNIST labels, scratch vs autoencoder init.
+"""Unsupervised pretraining (8.5.2): lenet5_modern on 1,000 MNIST labels, scratch vs AE init.
 
 From scratch, or with its conv layers taken from an autoencoder trained on all 60,000
 unlabelled MNIST training images.
