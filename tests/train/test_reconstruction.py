@@ -274,3 +274,18 @@ def test_init_from_an_autoencoder_run_pretrains_a_classifier_s_encoder(tmp_path)
 def test_the_docstring_examples_run():
     failures, tried = doctest.testmod(reconstruction)
     assert tried >= 1 and failures == 0
+
+
+def test_an_autoencoder_trains_under_bf16_autocast_with_tensorboard(tmp_path, digits):
+    """Mixed precision and TensorBoard come from the loop, for reconstruction as for any task."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train(config(tmp_path, epochs=2, amp="bf16", tensorboard=True), progress=False,
+                   datasets=digits)
+    history = result["history"]
+    assert all(math.isfinite(r["test_mse"]) for r in history)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("test_psnr")] == pytest.approx(
+        [r["test_psnr"] for r in history], rel=1e-6)
