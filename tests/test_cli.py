@@ -25,8 +25,9 @@ def test_models_lists_the_zoo_with_parameter_counts(capsys):
 
 
 def test_a_reader_that_goes_away_is_no_error():
-    """`cnnlab models | head -1`: the listing stops quietly, with no traceback."""
-    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "models"], stdout=subprocess.PIPE,
+    """`cnnlab summary vgg16 | head -1`: the table stops quietly, with no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "summary", "vgg16"],
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()                          # before the listing is written

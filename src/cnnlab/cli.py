@@ -66,17 +66,14 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    import torch
-
     from cnnlab import models
 
     rows: list[dict[str, Any]] = []
     for name in models.names():
         entry = models.info(name)
-        with torch.device("meta"):  # count parameters without allocating them
-            model = models.create(name)
+        model = entry.meta_model    # counts parameters without allocating them
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        shape = model.default_input_shape           # what info(name).input_shape reads
+        shape = entry.input_shape
         rows.append({"name": name, "params": params, "input": "x".join(map(str, shape)),
                      "section": entry.section, "summary": entry.summary,
                      "recipe": entry.recipe})

@@ -31,9 +31,8 @@ def _zoo():
     for name in models.names():
         if models.info(name).input_shape[-1] > 64:
             continue
-        with torch.device("meta"):
-            model = models.create(name)
-        if model.num_classes is None or getattr(model, "task", "classification") != "classification":
+        model = models.info(name).meta_model
+        if model.num_classes is None or models.info(name).task != "classification":
             continue                                      # autoencoders have no class scores
         if sum(p.numel() for p in model.parameters()) <= PARAMS:
             chosen.append(name)

@@ -28,11 +28,23 @@ class ModelInfo:
     recipe: dict[str, Any]              # training settings that suit it (TrainConfig fields)
 
     @functools.cached_property
-    def input_shape(self) -> tuple[int, ...]:
-        """The default (C, H, W), read from the model itself: built once at its defaults, on
-        the meta device (shapes only, nothing allocated or drawn from the random generator)."""
+    def meta_model(self) -> Classifier:
+        """The model at its defaults on the meta device (shapes and counts only: nothing
+        allocated or drawn from the random generator), built once and shared by every
+        question asked of the registry; read it, never train or change it."""
         with torch.device("meta"):
-            return tuple(self.builder().default_input_shape)
+            return self.builder()
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The default (C, H, W), read from the model itself."""
+        return tuple(self.meta_model.default_input_shape)
+
+    @property
+    def task(self) -> str:
+        """The task the model trains with: its ``task`` attribute (the autoencoders'
+        ``"reconstruction"``); classifiers declare none."""
+        return str(getattr(self.meta_model, "task", "classification"))
 
     def arguments(self) -> list[str]:
         """The keyword arguments the builder takes."""
