@@ -454,7 +454,7 @@ def extract_features(model: nn.Module, dataset: ImageDataset, layer: str = "fc7"
     normalize = normalizer(dataset.mean if mean is None else mean,
                            dataset.std if std is None else std, device)
     batches = Batches(dataset, batch_size, device)
-    hook = None if layer in PENULTIMATE else _LayerOutput(model, layer)
+    hook = None if layer in PENULTIMATE else LayerOutput(model, layer)
     forward = hook or _penultimate(model)
     was_training = model.training
     model.eval()
@@ -481,13 +481,16 @@ def _penultimate(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: head(features(x), pre_logits=True)
 
 
-class _LayerOutput:
-    """x -> the output of ``layer`` for input x, by a forward hook; :meth:`close` removes it."""
+class LayerOutput:
+    """x -> the output of ``layer`` for input x, the rest of the network skipped, by a forward
+    hook (on ``module`` where given, else the module ``layer`` names); :meth:`close` removes
+    it."""
 
-    def __init__(self, model: nn.Module, layer: str) -> None:
+    def __init__(self, model: nn.Module, layer: str, module: nn.Module | None = None) -> None:
         self.model, self.layer = model, layer
         self.out: torch.Tensor | None = None
-        self.handle = _find_layer(model, layer).register_forward_hook(self._hook)
+        target = _find_layer(model, layer) if module is None else module
+        self.handle = target.register_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, args: object, output: object) -> None:
         if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):

@@ -47,6 +47,7 @@ from cnnlab.ops._shapes import transpose_output_length
 from cnnlab.spec import SoftmaxOutput
 from cnnlab.train.batches import Batches, normalizer
 from cnnlab.train.run import device_of
+from cnnlab.train.transfer import LayerOutput
 from cnnlab.visualize.gradients import gradients
 from cnnlab.visualize.targets import (
     Target,
@@ -202,7 +203,7 @@ class _UpTo(nn.Module):
         self.net, self.layer = model, layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        until = _Until(self.net, resolve_layer(self.net, self.layer), self.layer)
+        until = LayerOutput(self.net, self.layer, resolve_layer(self.net, self.layer))
         try:
             return until(x)
         finally:
@@ -263,42 +264,6 @@ class TopK:
     def state_bytes(self) -> int:
         """Bytes the running top-k holds while streaming: values and flat indices."""
         return self.values.numel() * (self.values.element_size() + 8)
-
-
-class _Reached(Exception):
-    """Raised by a hook to stop the forward pass once the layer wanted has run."""
-
-
-class _Until:
-    """x -> the output of ``module`` for x, the rest of the network skipped."""
-
-    def __init__(self, model: nn.Module, module: nn.Module, layer: str) -> None:
-        self.model, self.layer = model, layer
-        self.out: torch.Tensor | None = None
-        self.handle = module.register_forward_hook(self._hook)
-
-    def _hook(self, module: nn.Module, args: object, output: object) -> None:
-        if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
-            output = output[0]                           # (values, switches) of a pool
-        if not isinstance(output, torch.Tensor):
-            raise ModelError(f"layer {self.layer!r} gives a {type(output).__name__}, not a "
-                             "tensor; choose another layer")
-        self.out = output
-        raise _Reached
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.out = None
-        try:
-            self.model(x)
-        except _Reached:
-            pass
-        if self.out is None:
-            raise ModelError(f"layer {self.layer!r} did not run in {type(self.model).__name__}'s "
-                             "forward pass; choose a layer the model calls")
-        return self.out
-
-    def close(self) -> None:
-        self.handle.remove()
 
 
 def _check_k(k: object, batch_size: object) -> None:
@@ -379,7 +344,7 @@ def top_k(model: nn.Module, dataset: ImageDataset, layer: str,
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     normalize = normalizer(dataset.mean if mean is None else mean,
                            dataset.std if std is None else std, device)
-    forward = _Until(model, module, layer)
+    forward = LayerOutput(model, layer, module)
     best: tuple[torch.Tensor, torch.Tensor] | None = None
     chosen: tuple[int, ...] = ()
     map_size: tuple[int, ...] = ()
@@ -557,7 +522,7 @@ def _trace(model: nn.Module, x: torch.Tensor, layer: str | None
 
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     handles = [m.register_forward_hook(record) for m in leaves]
-    until = None if layer is None else _Until(model, resolve_layer(model, layer), layer)
+    until = None if layer is None else LayerOutput(model, layer, resolve_layer(model, layer))
     try:
         out = model(x) if until is None else until(x)
     finally:
