@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import json
 import os
 import select
@@ -17,6 +18,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from cnnlab.errors import CnnlabError
+
+# modules whose add_parser(subparsers) adds a command of theirs, in the order `--help` lists them
+COMMANDS = ("cnnlab.visualize.command",)
 
 # {...}: filled in from the config, the data registry and the models' recipes (build_parser)
 EPILOG_TRAIN = """\
@@ -455,9 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder written by `cnnlab train`")
     p.set_defaults(func=cmd_plot)
 
-    from cnnlab.visualize.command import add_parser as add_visualize
-
-    add_visualize(sub)                  # cnnlab visualize RUN --method ...
+    for module in COMMANDS:             # commands that live beside their code
+        importlib.import_module(module).add_parser(sub)
     p = sub.add_parser("download", help="fetch a data set from its publisher, checksums verified")
     p.add_argument("name", choices=[n for n in data.names() if not data.info(n).embedded])
     p.add_argument("--data-dir", help="where to put it (default: $CNNLAB_DATA, else ~/.cache/cnnlab)")
