@@ -55,6 +55,8 @@ _ITEMS: dict[str, tuple[bool, Callable[[float], bool], str]] = {
     "jitter": (False, lambda v: 0 < v < 1, "an amount in (0, 1)"),
     "pca": (False, lambda v: v > 0, "a sigma > 0"),
 }
+# the transforms that move pixels: a target tied to positions (a box) would have to move too
+GEOMETRIC = ("crop", "flip", "translate", "rotate")
 _ITEM = re.compile(r"([a-z]+)(\d+(?:\.\d*)?|\.\d+)?")
 _UPRIGHT = ("digits", "mnist")      # 8.3.4: no reflections or rotations for digits
 

@@ -16,14 +16,18 @@ from dataclasses import InitVar, dataclass
 from typing import Any
 
 from cnnlab import data as _data
-from cnnlab.data.datasets import FOLDER
+from cnnlab.data.datasets import BOX_FORMATS, FOLDER
 from cnnlab.errors import CnnlabError, ConfigError
 
 KERNELS = ("native", "reference")
 SCHEDULES = ("step", "constant", "cosine", "onecycle", "plateau")
 AMP = ("none", "bf16", "fp16")
 LOSSES = ("auto", "mse", "l1", "bce")
-DATA = (*_data.names(), FOLDER)   # the registry's data sets, and image folders
+# --task: the word a user says -> the name of the Task it trains (cnnlab.train.tasks.task_class);
+# auto: the one the model declares (classification, or an autoencoder's reconstruction)
+TASKS = {"auto": None, "classify": "classification", "reconstruct": "reconstruction",
+         "localize": "localization"}
+DATA = (*_data.names(), FOLDER, *BOX_FORMATS)   # the registry's, image folders, boxes
 OUT = "runs/{model}-{data}"                      # where a run goes when ``out`` is not given
 COMMAND_LINE = "command line"                    # the ``source`` of values from `cnnlab train`
 
@@ -86,7 +90,10 @@ class TrainConfig:
     model: str = _setting("lenet5", "model name (see `cnnlab models`)",
                           "a model name (see `cnnlab models`)", bool)
     data: str = _setting("digits", f"data set; {FOLDER}: ROOT/train/<class>/ and "
-                         "ROOT/test/<class>/ given as --data-dir ROOT", choices=DATA)
+                         f"ROOT/test/<class>/ given as --data-dir ROOT; {', '.join(BOX_FORMATS)}: "
+                         "images with boxes, a VOC folder or ROOT/train.csv, test.csv (`cnnlab "
+                         "make-data`)",
+                         choices=DATA)
     data_dir: str | None = _setting(
         None, "folder with the data files; default: $CNNLAB_DATA, else the per-user cache",
         "a folder path or None")
@@ -156,10 +163,16 @@ class TrainConfig:
                                         "chapter name such as conv5 or fc6, or a module path",
                                         "a layer name such as conv5 or fc6", _path_or_none,
                                         metavar="LAYER")
-    # -- what an autoencoder learns (8.5.2; cnnlab.train.reconstruction)
+    # -- what is learned: the task (cnnlab.train.tasks), an autoencoder's loss (8.5.2;
+    # cnnlab.train.reconstruction), a localiser's box loss (8.6.2; cnnlab.apps.localize)
+    task: str = _setting("auto", "what the model learns; auto: what it declares (classes, or "
+                         "an autoencoder's reconstruction); localize: a classifier gets a "
+                         "regression head for one box per image (8.6.2; data with boxes)",
+                         choices=tuple(TASKS))
     loss: str = _setting("auto", "reconstruction loss of an autoencoder: mse (Eq. 8.6, per "
-                         "pixel), l1, or bce (sigmoid outputs); auto: mse for autoencoders, "
-                         "cross-entropy for classifiers", choices=LOSSES)
+                         "pixel), l1, or bce (sigmoid outputs); a localiser's box loss: mse or "
+                         "l1; auto: mse for autoencoders, smooth L1 for boxes, cross-entropy "
+                         "for classes", choices=LOSSES)
     denoise: float = _setting(0.0, "denoising autoencoder: Gaussian noise of this std (in "
                               "[0, 1] pixels) on the input, the clean image as target; 0: off",
                               "a number >= 0 (0: no noise)", lambda v: v >= 0, metavar="SIGMA")

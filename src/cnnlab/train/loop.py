@@ -40,7 +40,7 @@ from cnnlab.train.distributed import Context
 from cnnlab.train.evaluation import Member, evaluate_members
 from cnnlab.train.run import CHECKPOINT, RunFolder
 from cnnlab.train.state import Diverged, EpochTotals, RunState, StepRecipe
-from cnnlab.train.tasks import Task, task_for
+from cnnlab.train.tasks import Task, adapt, task_for
 
 if TYPE_CHECKING:
     from cnnlab.train.transfer import TransferReport  # it imports this module
@@ -379,6 +379,7 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, task: Task | N
 
                     model = models.create(config.model, num_classes=train_ds.num_classes,
                                           in_channels=train_ds.in_channels)
+                model = adapt(model, config)     # --task: e.g. a classifier gets a box head
                 _check_fits(model, train_ds)
                 transferred = _transfer(model, config, fresh=state is None)
                 if transferred is not None and progress and ctx.is_main:

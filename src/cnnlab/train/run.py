@@ -42,7 +42,9 @@ CONFIG, METRICS, WEIGHTS = "config.json", "metrics.jsonl", "model.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
 CONFUSION, CURVES, CONFUSION_PLOT = "confusion.json", "curves.png", "confusion.png"
 RECONSTRUCTIONS = "reconstructions.png"   # an autoencoder's test images above their reconstructions
-OUTPUTS = (WEIGHTS, METRICS, CONFUSION, CURVES, CONFUSION_PLOT, RECONSTRUCTIONS)  # a run's results
+LOCALIZATIONS = "localizations.png"       # a localiser's test images with true and predicted boxes
+OUTPUTS = (WEIGHTS, METRICS, CONFUSION, CURVES, CONFUSION_PLOT, RECONSTRUCTIONS,
+           LOCALIZATIONS)                                                 # a run's results
 OWN = (CONFIG, CHECKPOINT, *OUTPUTS)     # every file the trainer writes (and tensorboard/)
 # settings every config.json that cnnlab wrote holds (later versions add more, never fewer)
 _CORE = frozenset(("model", "data", "epochs", "batch_size", "lr", "seed", "out"))
@@ -463,12 +465,15 @@ def load_run(run_dir: str | os.PathLike[str], model: nn.Module | None = None
         except (KeyError, TypeError, ValueError):
             raise CnnlabError(f"{run / WEIGHTS} lacks the trainer's metadata (num_classes, "
                               "in_channels); pass the model: load_run(run, model=...)") from None
-        model = models.create(config.model, num_classes=num_classes, in_channels=in_channels)
+        from cnnlab.train.tasks import adapt  # it builds on this module's neighbours
+
+        built = models.create(config.model, num_classes=num_classes, in_channels=in_channels)
         # the input it was trained at, which may differ from the builder's default (an
         # autoencoder or a fully convolutional net trained on other sizes)
         shape = meta.get("input_shape")
-        if isinstance(shape, list) and getattr(model, "default_input_shape", None) is not None:
-            model.default_input_shape = tuple(int(v) for v in shape)
+        if isinstance(shape, list) and getattr(built, "default_input_shape", None) is not None:
+            built.default_input_shape = tuple(int(v) for v in shape)
+        model = adapt(built, config)           # what --task made of it (a box head, ...)
     state = load_file(str(run / WEIGHTS))
     try:
         model.load_state_dict(state)

@@ -73,6 +73,17 @@ class Task:
     # the figures a report shows (a column each in `cnnlab eval`'s table)
     headline: ClassVar[tuple[str, ...]] = ("loss",)
 
+    @classmethod
+    def adapt(cls, model: nn.Module) -> nn.Module:
+        """The network this task trains, made from ``model`` (a registry model): the model
+        itself when it declares this task; a task that builds on another model (localisation
+        adds a regression head to a classifier) overrides it."""
+        declared = task_name(model)
+        if declared != cls.name:
+            raise CnnlabError(f"{type(model).__name__} is a {declared} model, so it cannot "
+                              f"learn {cls.name}; drop --task, or pick a model made for it")
+        return model
+
     def prepare(self, x: torch.Tensor, y: Any, *, train: bool, key: int
                 ) -> tuple[torch.Tensor, Any]:
         """``(inputs, target)`` of a batch of images in [0, 1] (augmented, not yet
@@ -152,6 +163,13 @@ class Classification(Task):
         self.num_classes = max(int(outputs or 0), int(num_classes or 0)) or None
         self.classes = tuple(classes)
 
+    def prepare(self, x: torch.Tensor, y: Any, *, train: bool, key: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class ids as they are; data with boxes (a list of (k, 5) rows ``[class, box]``
+        per image, :mod:`cnnlab.data.boxes`) gives the class of each image's one object,
+        which is how a localiser's classifier is trained first (8.6.2, step 1)."""
+        return x, object_classes(y) if isinstance(y, list) else y
+
     def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
         if self._loss is not None:          # e.g. GoogLeNet's, with its auxiliary heads
             loss: torch.Tensor = self._loss(output, target)
@@ -226,16 +244,44 @@ def task_name(model: nn.Module) -> str:
     return str(getattr(model, "task", Classification.name))
 
 
+def object_classes(targets: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(N,) class ids of data with boxes, one object per image: each (1, 5) row's class."""
+    counts = {len(t) for t in targets}
+    if counts != {1}:
+        raise CnnlabError(f"these images hold {sorted(counts)} objects each, but a class (or "
+                          "one box) per image needs exactly one object per image: use "
+                          "single-object data (e.g. `cnnlab make-data mnist-single`), or "
+                          "`cnnlab detect` for several")
+    return torch.stack([t[0, 0] for t in targets]).round().long()
+
+
+# each task by its name (the weights' metadata "task") -> where its class lives; a task beside
+# its application (cnnlab.apps) is imported only when asked for
+_TASKS = {"classification": "cnnlab.train.tasks:Classification",
+          "reconstruction": "cnnlab.train.reconstruction:Reconstruction",
+          "localization": "cnnlab.apps.localize:Localization"}
+
+
 def task_class(name: str) -> type[Task]:
     """The :class:`Task` subclass called ``name``."""
-    if name == Classification.name:
-        return Classification
-    from cnnlab.train.reconstruction import Reconstruction  # it imports this module
+    import importlib
 
-    if name == Reconstruction.name:
-        return Reconstruction
-    raise CnnlabError(f"unknown task {name!r}: cnnlab trains classification and "
-                      "reconstruction (autoencoders); write a Task and pass it to train(task=...)")
+    where = _TASKS.get(name)
+    if where is None:
+        raise CnnlabError(f"unknown task {name!r}: cnnlab trains {', '.join(_TASKS)}; write a "
+                          "Task and pass it to train(task=...)")
+    module, _, cls = where.partition(":")
+    found: type[Task] = getattr(importlib.import_module(module), cls)
+    return found
+
+
+def adapt(model: nn.Module, config: TrainConfig) -> nn.Module:
+    """The network that ``config.task`` trains, made from ``model`` (``--task auto``: the
+    model as it is, for the task it declares)."""
+    from cnnlab.train.config import TASKS
+
+    wanted = TASKS[config.task]
+    return model if wanted is None else task_class(wanted).adapt(model)
 
 
 def task_for(model: nn.Module, config: TrainConfig, num_classes: int = 0,

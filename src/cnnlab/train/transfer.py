@@ -192,8 +192,11 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike[str], *,
     state, path = read_state_dict(source)
     target = model.state_dict()
     head = classifier_names(model)
+    # layers a task adds to the network (a localiser's box head) start fresh
+    added = tuple(f"{name}." for name in getattr(model, "added_layers", ()))
     missing = [k for k in target if k not in state and k not in head
-               and not k.endswith("num_batches_tracked")]    # BatchNorm fills it in
+               and not k.endswith("num_batches_tracked")    # BatchNorm fills it in
+               and not k.startswith(added)]
     unexpected = [k for k in state if k not in target]
     reshaped = [f"{k}: {_shape(state[k])} in the file, {_shape(target[k])} in the model"
                 for k in state if k in target and k not in head
@@ -209,7 +212,7 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike[str], *,
     skipped = () if head_fits else tuple(k for k in head if k in state)
     chosen = {k: v for k, v in state.items() if k not in skipped}
     model.load_state_dict(chosen, strict=False)
-    fresh = tuple(k for k in head if k not in chosen)
+    fresh = tuple(k for k in target if k not in chosen and (k in head or k.startswith(added)))
     return LoadReport(str(path), tuple(chosen), skipped, fresh)
 
 
