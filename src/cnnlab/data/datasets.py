@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 Targets = torch.Tensor | list[torch.Tensor]   # per example: a tensor row, or a list item
 SPLITS = ("train", "test")
 FOLDER = "folder"   # load(FOLDER, split, data_dir=ROOT): an image folder, not a registry entry
+BOX_FORMATS = ("voc", "csv")   # load(fmt, split, data_dir=ROOT): images with boxes (data.boxes)
 
 
 class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -221,7 +222,8 @@ def load(name: str, split: str = "train", data_dir: str | os.PathLike[str] | Non
     ``download``: fetch missing files from the publishers first.
     ``"cifar10"``/``"cifar100"`` read the python or the binary batches; ``"folder"`` reads
     one sub-folder per class from ``data_dir`` (see :func:`load_folder`; ``lazy`` applies to
-    it alone: a large folder stays on disk).
+    it and to boxes alone: a large folder stays on disk). ``"voc"``/``"csv"`` read images with
+    boxes from ``data_dir``, a PASCAL VOC folder or a CSV data set (see :mod:`cnnlab.data.boxes`).
 
     >>> ds = load("digits", "test", size=32)
     >>> ds
@@ -235,6 +237,13 @@ def load(name: str, split: str = "train", data_dir: str | os.PathLike[str] | Non
             raise DataError("load('folder', ...) reads images from data_dir=ROOT (ROOT/train/"
                             "<class>/*.png, ROOT/test/<class>/...) and cannot download")
         return load_folder(data_dir, split, size=size, lazy=lazy)
+    if name in BOX_FORMATS:
+        from cnnlab.data.boxes import load_boxes  # boxes.py builds on this module
+
+        if data_dir is None or download:
+            raise DataError(f"load({name!r}, ...) reads images with boxes from data_dir=ROOT "
+                            f"(see cnnlab.data.boxes) and cannot download")
+        return load_boxes(name, data_dir, split, size=size, lazy=lazy)
     entry = info(name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
