@@ -1,0 +1,467 @@
+"""``cnnlab make-data NAME --out DIR``: data sets with boxes, generated and written in the
+formats a user brings (PASCAL VOC or CSV, :mod:`cnnlab.data.boxes`), so that what the tests
+and benchmarks train on (8.6.2 localisation, 8.6.3 detection) goes through the user's path.
+
+Each name is a row of :data:`GENERATORS`. The boxes rows draw square canvases:
+
+- ``*-single`` (localisation): one object at a random position and scale, among fragments of
+  other objects cut from their images (clutter, as in cluttered MNIST, Mnih et al. 2014);
+- ``*-multi`` (detection): 1-5 objects of several sizes; they may overlap, but no object has
+  more than half of its box inside another's (:data:`MAX_COVER`), so none is hidden.
+
+Grey sources (digits, MNIST, Fashion-MNIST) draw ink on black: objects and fragments are
+combined by their maximum, and an object's box is the extent of its ink above :data:`INK`.
+CIFAR-10 objects are pasted, opaque, on noise of a random colour strewn with fragments; the
+box is the pasted image. Canvas sizes, object sides and default counts are in the table
+(``cnnlab make-data --help`` prints them). Training canvases take their objects and fragments
+from the source's training split, test canvases from its test split.
+
+The output holds ``images/<split>-NNNNNN.png`` (lossless), the annotations, ``classes.txt``
+(the source's classes) and ``make-data.json`` (what made it). Canvas i of a split depends on
+the seed, the split and i alone: the same seed gives the same bytes, and a larger ``--train``
+only adds images. Everything is written into a temporary folder beside ``--out``, which is
+renamed to ``--out`` at the end; an ``--out`` that holds anything is refused.
+
+>>> make_data("digits-single", "digits-boxes", seed=1, train=100, test=20)  # doctest: +SKIP
+>>> load("voc", "train", data_dir="digits-boxes", size=32).labels[0]        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from cnnlab.data.boxes import IMAGES, BoxRecord, write_boxes
+from cnnlab.data.datasets import BOX_FORMATS, FOLDER, SPLITS, ImageDataset, load
+from cnnlab.data.files import kind
+from cnnlab.data.folder import LazyImages
+from cnnlab.errors import CnnlabError, DataError
+
+__all__ = ["GENERATORS", "INK", "MAX_COVER", "Canvas", "Drawn", "Generator", "Request",
+           "add_parser", "canvases", "make_data", "names"]
+
+INK = 64              # uint8 level above which a grey object's pixel is ink (its box's extent)
+MAX_COVER = 0.5       # most of an object's box that may lie inside another object's box
+TRIES = 20            # draws of an object before a multi-object canvas goes without it
+NOISE = 32.0          # std of a colour canvas's background noise, uint8 levels
+DESCRIPTION = "make-data.json"
+
+# what one object of each source is, for --help
+NOUNS = {"digits": ("8x8 digit", "8x8 digits"), "mnist": ("MNIST digit", "MNIST digits"),
+         "fashion-mnist": ("Fashion-MNIST item", "Fashion-MNIST items"),
+         "cifar10": ("CIFAR-10 image", "CIFAR-10 images")}
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """How the canvases of a boxes row are drawn."""
+
+    source: str                  # the data set the objects come from (cnnlab.data.load)
+    size: int                    # canvas side, pixels (square)
+    objects: tuple[int, int]     # objects per canvas, fewest and most
+    side: tuple[int, int]        # an object's side after scaling, smallest and largest
+    clutter: int                 # fragments of other objects strewn on the canvas
+    fragment: int                # a fragment's side, cut at the source's own scale
+
+    def describe(self) -> str:
+        lo, hi = self.objects
+        one, many = NOUNS.get(self.source, (self.source, self.source))
+        what = f"one {one}" if hi == 1 else f"{lo}-{hi} {many}"
+        return (f"{what} ({self.side[0]}-{self.side[1]} px) on {self.size}x{self.size}, "
+                f"{self.clutter} fragments")
+
+
+def _write(path: Path, data: bytes) -> None:
+    """One file of a folder that is renamed into place once complete: flushed to disk, so the
+    rename never shows a file that a crash could still cut short."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to write: counts per split, seed, format, the source's data folder."""
+
+    folder: Path                            # a new, empty folder to fill
+    counts: Mapping[str, int]               # split -> images
+    seed: int = 0
+    fmt: str = BOX_FORMATS[0]
+    data_dir: str | os.PathLike[str] | None = None
+    progress: bool = False
+    write: Callable[[Path, bytes], None] = _write   # one file: (path, bytes)
+
+
+@dataclass(frozen=True)
+class Generator:
+    """A row of the table: a name, its defaults, and the function that writes it."""
+
+    name: str
+    train: int                              # default --train
+    test: int                               # default --test
+    write: Callable[[Generator, Request], None]
+    formats: tuple[str, ...] = BOX_FORMATS  # --format choices, the first the default
+    canvas: Canvas | None = None            # the boxes rows' drawing
+
+    @property
+    def summary(self) -> str:
+        what = self.canvas.describe() if self.canvas else self.name
+        return f"{what}; {self.train:,} + {self.test:,}"
+
+
+class Drawn(NamedTuple):
+    """One canvas: image (H, W) or (H, W, 3) uint8, boxes (k, 4) float32 pixel edges, labels
+    (k,) int64 class ids of the source."""
+
+    image: np.ndarray
+    boxes: torch.Tensor
+    labels: torch.Tensor
+
+
+# -- drawing ----------------------------------------------------------------------------------
+
+class _Pool:
+    """A split of a source as uint8 pixels (h, w, c), decoded once, or on demand for a large
+    image folder."""
+
+    def __init__(self, ds: ImageDataset) -> None:
+        self.ds, self.classes = ds, ds.classes
+        self.channels = ds.in_channels
+        self.pixels = None if isinstance(ds.images, LazyImages) else _uint8(ds.images)
+        self.labels = torch.as_tensor(ds.labels).tolist()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int) -> np.ndarray:
+        """Image i, (h, w, c) uint8."""
+        if self.pixels is None:                    # a large folder: decode this one alone
+            return _uint8(self.ds.images[i:i + 1]).squeeze(0)
+        one: np.ndarray = self.pixels[i]
+        return one
+
+
+def _uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [0, 1] -> (N, H, W, C) uint8."""
+    return x.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _pool(source: str, split: str, data_dir: str | os.PathLike[str] | None) -> _Pool:
+    """The objects of ``split``: a registry data set, or for cifar10 an image folder
+    (``data_dir/train/<class>/``, e.g. the JPEG copy of CIFAR-10) kept on disk."""
+    if source == "cifar10" and data_dir is not None and kind(Path(data_dir) / "train") == "dir":
+        return _Pool(load(FOLDER, split, data_dir=data_dir, lazy=True))
+    return _Pool(load(source, split, data_dir=data_dir))
+
+
+def _scale(pixels: np.ndarray, side: int) -> np.ndarray:
+    """(h, w, c) uint8 -> (side, side, c), bilinear (averaging when it shrinks: Pillow)."""
+    grey = pixels.shape[2] == 1
+    img = Image.fromarray(pixels[:, :, 0] if grey else pixels)
+    out: np.ndarray = np.asarray(img.resize((side, side), Image.Resampling.BILINEAR))
+    return out[:, :, None] if grey else out
+
+
+def _extent(obj: np.ndarray, grey: bool) -> tuple[int, int, int, int] | None:
+    """An object's box within its own pixels: the ink above INK (grey), else all of it."""
+    if not grey:
+        return 0, 0, obj.shape[1], obj.shape[0]
+    ink = obj[:, :, 0] > INK
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if not len(rows):
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def _cover(a: Sequence[float], b: Sequence[float]) -> float:
+    """The largest share of either box's area that lies inside the other."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return w * h / smaller
+
+
+def _paste(canvas: np.ndarray, piece: np.ndarray, y: int, x: int, grey: bool) -> None:
+    h, w = piece.shape[:2]
+    window = canvas[y:y + h, x:x + w]
+    if grey:
+        np.maximum(window, piece, out=window)       # ink on black: the brighter wins
+    else:
+        window[...] = piece
+
+
+def _draw(canvas: Canvas, pool: _Pool, rng: np.random.Generator) -> Drawn:
+    n, grey = canvas.size, pool.channels == 1
+    if grey:
+        image = np.zeros((n, n, 1), np.uint8)
+    else:                                           # noise around a random colour
+        base = rng.integers(0, 256, 3)
+        image = np.clip(base + rng.normal(0.0, NOISE, (n, n, 3)), 0, 255).astype(np.uint8)
+    for _ in range(canvas.clutter):
+        src = pool.image(int(rng.integers(len(pool))))
+        f = min(canvas.fragment, *src.shape[:2])
+        top, left = (int(rng.integers(0, d - f + 1)) for d in src.shape[:2])
+        y, x = (int(v) for v in rng.integers(0, n - f + 1, 2))
+        _paste(image, src[top:top + f, left:left + f], y, x, grey)
+    boxes: list[tuple[int, int, int, int]] = []
+    labels: list[int] = []
+    lo, hi = canvas.objects
+    for _ in range(int(rng.integers(lo, hi + 1))):
+        for _ in range(TRIES):
+            i = int(rng.integers(len(pool)))
+            side = int(rng.integers(canvas.side[0], canvas.side[1] + 1))
+            y, x = (int(v) for v in rng.integers(0, n - side + 1, 2))
+            obj = _scale(pool.image(i), side)
+            extent = _extent(obj, grey)
+            if extent is None:
+                continue
+            box = (x + extent[0], y + extent[1], x + extent[2], y + extent[3])
+            if any(_cover(box, b) > MAX_COVER for b in boxes):
+                continue
+            _paste(image, obj, y, x, grey)
+            boxes.append(box)
+            labels.append(pool.labels[i])
+            break
+    return Drawn(image[:, :, 0] if grey else image,
+                 torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                 torch.tensor(labels, dtype=torch.int64))
+
+
+def _rng(seed: int, split: str, i: int) -> np.random.Generator:
+    """Canvas i's own stream: it depends on nothing but the seed, the split and i."""
+    return np.random.default_rng([seed, SPLITS.index(split), i])
+
+
+def canvases(what: str | Canvas, split: str = "train", n: int = 1, seed: int = 0,
+             data_dir: str | os.PathLike[str] | None = None) -> Iterator[Drawn]:
+    """The first ``n`` canvases of ``split`` of a boxes row (its name or a :class:`Canvas`),
+    without writing anything: what :func:`make_data` writes, canvas for canvas."""
+    canvas = what if isinstance(what, Canvas) else _boxes_row(what).canvas
+    assert canvas is not None
+    pool = _pool(canvas.source, split, data_dir)
+    return (_draw(canvas, pool, _rng(seed, split, i)) for i in range(n))
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def write_canvases(row: Generator, request: Request) -> None:
+    """The boxes rows' writer: the images, then the annotations of each split, in
+    ``request.fmt``."""
+    canvas = row.canvas
+    assert canvas is not None
+    (request.folder / IMAGES).mkdir()
+    classes: tuple[str, ...] | None = None
+    with tqdm(total=sum(request.counts.values()), desc=f"make-data {row.name}", unit="image",
+              disable=None if request.progress else True, leave=False) as bar:
+        for split, count in request.counts.items():
+            pool = _pool(canvas.source, split, request.data_dir)
+            if classes is not None and pool.classes != classes:
+                raise DataError(f"the {canvas.source} test split has other classes than its "
+                                f"training split ({', '.join(pool.classes)}); fix the source")
+            classes = pool.classes
+            records = []
+            for i in range(count):
+                drawn = _draw(canvas, pool, _rng(request.seed, split, i))
+                path = request.folder / IMAGES / f"{split}-{i:06d}.png"
+                request.write(path, _png(drawn.image))
+                records.append(BoxRecord(path, canvas.size, canvas.size, drawn.boxes,
+                                         drawn.labels))
+                bar.update()
+            write_boxes(request.fmt, request.folder, split, records, classes,
+                        write=request.write)
+
+
+GENERATORS: Mapping[str, Generator] = {g.name: g for g in (
+    Generator("digits-single", 1000, 200, write_canvases, canvas=Canvas(
+        "digits", size=32, objects=(1, 1), side=(8, 16), clutter=3, fragment=3)),
+    Generator("digits-multi", 1000, 200, write_canvases, canvas=Canvas(
+        "digits", size=48, objects=(1, 5), side=(8, 16), clutter=3, fragment=3)),
+    Generator("mnist-single", 5000, 1000, write_canvases, canvas=Canvas(
+        "mnist", size=64, objects=(1, 1), side=(20, 40), clutter=8, fragment=8)),
+    Generator("mnist-multi", 5000, 1000, write_canvases, canvas=Canvas(
+        "mnist", size=96, objects=(1, 5), side=(16, 40), clutter=8, fragment=8)),
+    Generator("fashion-mnist-single", 5000, 1000, write_canvases, canvas=Canvas(
+        "fashion-mnist", size=64, objects=(1, 1), side=(20, 40), clutter=8, fragment=8)),
+    Generator("fashion-mnist-multi", 5000, 1000, write_canvases, canvas=Canvas(
+        "fashion-mnist", size=96, objects=(1, 5), side=(16, 40), clutter=8, fragment=8)),
+    Generator("cifar10-single", 5000, 1000, write_canvases, canvas=Canvas(
+        "cifar10", size=64, objects=(1, 1), side=(24, 48), clutter=12, fragment=8)),
+    Generator("cifar10-multi", 5000, 1000, write_canvases, canvas=Canvas(
+        "cifar10", size=128, objects=(1, 5), side=(24, 48), clutter=24, fragment=8)),
+)}
+
+
+def names() -> list[str]:
+    """The generators' names, in the table's order."""
+    return list(GENERATORS)
+
+
+def _row(name: str) -> Generator:
+    try:
+        return GENERATORS[name]
+    except KeyError:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), GENERATORS, n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+        raise CnnlabError(f"unknown generated data set {name!r}: {hint}known ones are "
+                          f"{', '.join(GENERATORS)}") from None
+
+
+def _boxes_row(name: str) -> Generator:
+    row = _row(name)
+    if row.canvas is None:
+        raise CnnlabError(f"{name} draws no canvases with boxes; pick one of "
+                          f"{', '.join(n for n, g in GENERATORS.items() if g.canvas)}")
+    return row
+
+
+@contextlib.contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A new folder beside ``out`` to fill; renamed to ``out`` on success, removed (with the
+    parents made for it) on any error or interruption."""
+    from cnnlab.train.run import storage_error
+
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        folder = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
+        folder.mkdir()
+    except OSError as err:
+        raise storage_error(f"cannot create a folder beside --out {str(out)!r}", err) from None
+    try:
+        yield folder
+        try:
+            folder.rename(out)          # atomic; replaces only an empty folder
+        except OSError as err:
+            raise storage_error(f"cannot move the data set to --out {str(out)!r}", err,
+                                " (was something written there meanwhile?)") from None
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        for p in made:                  # deepest first; only empty ones
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
+
+
+def _check_out(out: Path) -> None:
+    found = kind(out)
+    if found in ("file", "other"):
+        raise CnnlabError(f"--out {str(out)!r} is a file, not a folder; pick a new folder")
+    if found == "dir" and any(out.iterdir()):
+        raise CnnlabError(f"--out {str(out)!r} already holds files, and make-data writes only "
+                          "into a new (or empty) folder; pick another --out")
+
+
+def make_data(name: str, out: str | os.PathLike[str], *, seed: int = 0, fmt: str | None = None,
+              train: int | None = None, test: int | None = None,
+              data_dir: str | os.PathLike[str] | None = None,
+              progress: bool = False) -> Path:
+    """Generate data set ``name`` (a row of :data:`GENERATORS`) into the new folder ``out``:
+    ``train``/``test`` images (default: the row's), written as ``fmt`` (default: the row's
+    first, voc), from the source's files in ``data_dir``. Returns ``out``."""
+    row = _row(name)
+    fmt = row.formats[0] if fmt is None else fmt
+    if fmt not in row.formats:
+        raise CnnlabError(f"--format {fmt}: {name} is written as {' or '.join(row.formats)}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise CnnlabError(f"--seed {seed!r}: give a whole number >= 0")
+    counts = {"train": row.train if train is None else train,
+              "test": row.test if test is None else test}
+    for split, count in counts.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise CnnlabError(f"--{split} {count!r}: give at least 1 image (a data set has both "
+                              "splits)")
+    path = Path(out).expanduser()
+    _check_out(path)
+    with _staging(path) as folder:
+        request = Request(folder, counts, seed, fmt, data_dir, progress)
+        row.write(row, request)
+        facts: dict[str, Any] = {"name": name, "seed": seed, "format": fmt, **counts}
+        if row.canvas is not None:
+            facts["canvas"] = asdict(row.canvas)
+        import cnnlab
+
+        facts["cnnlab"] = cnnlab.__version__
+        request.write(folder / DESCRIPTION, (json.dumps(facts, indent=2) + "\n").encode())
+    return path
+
+
+# -- the command ------------------------------------------------------------------------------
+
+def _epilog() -> str:
+    width = max(map(len, GENERATORS))
+    rows = "\n".join(f"  {n:<{width}}  {g.summary}" for n, g in GENERATORS.items())
+    return (f"names (objects, their side, the canvas and its clutter; default --train + "
+            f"--test images):\n{rows}\n\n"
+            "examples:\n"
+            "  cnnlab make-data digits-single --out data/digits-single --seed 0\n"
+            "  cnnlab make-data mnist-single --data-dir ../shared/data --out data/mnist-single\n"
+            "  cnnlab make-data cifar10-single --data-dir ../shared/data/cifar10-jpeg "
+            "--format csv --out data/cifar\n"
+            "  cnnlab train lenet5_modern --task localize --data voc --data-dir "
+            "data/mnist-single")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``make-data`` to ``cnnlab``'s subcommands (``parser.add_subparsers()``)."""
+    formats = tuple(dict.fromkeys(f for g in GENERATORS.values() for f in g.formats))
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "make-data", help="generate a data set with boxes (VOC or CSV) for localisation and "
+        "detection (8.6.2, 8.6.3)",
+        description="Write a generated data set into a new folder --out: canvases with one "
+        "object among clutter (NAME-single, for localisation) or 1-5 objects (NAME-multi, for "
+        "detection), as PNGs with PASCAL VOC annotations or a CSV (file,xmin,ymin,xmax,ymax,"
+        "class), read back by --data voc|csv --data-dir DIR. The same --seed gives the same "
+        "bytes.", epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", choices=names(), metavar="NAME", help="what to generate (below)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="the new folder to write (refused if it holds anything)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--format", choices=formats, help=f"annotation format (default "
+                   f"{formats[0]}): VOC XML per image, or ROOT/train.csv and test.csv")
+    p.add_argument("--train", type=int, metavar="N", help="training images (default: the "
+                   "name's, below)")
+    p.add_argument("--test", type=int, metavar="N", help="test images (default: the name's)")
+    p.add_argument("--data-dir", help="where the source's files are: for mnist and "
+                   "fashion-mnist the folder `cnnlab train --data mnist` reads (e.g. "
+                   "../shared/data); for cifar10 the folder of CIFAR-10's batches, or an image "
+                   "folder ROOT/train/<class>/ (e.g. ../shared/data/cifar10-jpeg); digits needs "
+                   "none")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """``cnnlab make-data``."""
+    out = make_data(args.name, args.out, seed=args.seed, fmt=args.format, train=args.train,
+                    test=args.test, data_dir=args.data_dir, progress=not args.quiet)
+    facts = json.loads((out / DESCRIPTION).read_text())
+    print(f"{args.name}: {facts['train']:,} training and {facts['test']:,} test images "
+          f"({facts['format']}) written to {out}; read them with --data {facts['format']} "
+          f"--data-dir {out}")
+    return 0
