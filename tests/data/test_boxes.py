@@ -85,6 +85,14 @@ def test_load_voc_resizes_and_normalises_boxes_with_training_statistics(voc):
     assert image_.shape == (3, 4, 6) and target.shape == (1, 5)
 
 
+def test_a_lazy_set_reads_the_same_images_when_indexed(voc):
+    eager = load("voc", "test", data_dir=voc, size=8)
+    lazy = load("voc", "test", data_dir=voc, size=8, lazy=True)
+    assert lazy.lazy and not eager.lazy and lazy.image_shape == eager.image_shape
+    assert torch.equal(lazy[0][0], eager[0][0]) and torch.equal(lazy[0][1], eager[0][1])
+    assert lazy.mean == pytest.approx(eager.mean) and lazy.std == pytest.approx(eager.std)
+
+
 def test_voc_pixels_are_the_files_and_grey_gives_one_channel(tmp_path):
     root = tmp_path / "grey"
     pixels = image(root / "images" / "g.png", size=(6, 5), mode="L", seed=4)

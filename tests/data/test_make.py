@@ -165,7 +165,6 @@ def test_mnist_canvases_from_the_real_files():
             assert d.image.shape == (canvas.size, canvas.size) and len(d.boxes) >= 1
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "cifar10-jpeg").is_dir(), reason="no shared CIFAR-10 copy")
 def test_cifar10_canvases_from_the_jpeg_folder():
     (d,) = canvases("cifar10-single", "test", 1, seed=0, data_dir=SHARED / "cifar10-jpeg")

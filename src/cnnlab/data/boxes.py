@@ -54,6 +54,7 @@ from cnnlab.data.datasets import BOX_FORMATS, SPLITS, ImageDataset, as_size
 from cnnlab.data.files import as_path, kind, read_file
 from cnnlab.data.folder import (
     LAZY_BYTES,
+    MODES,
     STATS_SAMPLE,
     LazyImages,
     _auto_mode,
@@ -392,8 +393,6 @@ def load_boxes(fmt: str, root: str | os.PathLike[str], split: str = "train",
     ``mode``/``lazy`` as for :func:`cnnlab.data.load_folder`; ``difficult`` as for
     :func:`read_boxes`.
     """
-    from cnnlab.data.folder import MODES
-
     if mode is not None and mode not in MODES:
         raise DataError(f"mode must be 'RGB' or 'L' (or None to choose), got {mode!r}")
     hw = None if size is None else as_size(size)
