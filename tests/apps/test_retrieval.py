@@ -199,6 +199,15 @@ def test_pca_codes_are_compressed_then_normalised_again():
     assert index.codes() == pytest.approx(expected, abs=1e-5)
 
 
+def test_torch_search_merges_chunks_into_the_exact_top_k(monkeypatch):
+    codes, queries = l2_normalize(torch.randn(500, 8)), l2_normalize(torch.randn(30, 8))
+    top = (queries @ codes.T).topk(7)
+    monkeypatch.setattr(retrieval, "CHUNK_ELEMENTS", 400)     # 8 queries meet 50 codes a time
+    sims, positions = retrieval.torch_search(queries, codes, 7, block=8)
+    assert torch.equal(positions, top.indices)
+    assert torch.equal(sims, top.values)
+
+
 def test_recall_at_k_counts_the_shared_neighbours():
     exact = torch.tensor([[1, 2, 3], [4, 5, 6]])
     assert recall_at_k(torch.tensor([[3, 2, 1], [4, 9, 8]]), exact) == pytest.approx(4 / 6)
