@@ -183,3 +183,11 @@ def test_load_crops_reads_a_voc_folder(tmp_path: Path) -> None:
     assert len(load_crops(tmp_path, "test", size=16, proposals="sliding")) >= 1
     with pytest.raises(DataError, match="give size="):
         load_crops(tmp_path, "train")
+    # the data name the trainer loads: the same crops (selective search's)
+    from cnnlab import data
+    from cnnlab.train.config import DATA
+
+    assert "crops" in DATA
+    named = data.load("crops", "train", data_dir=tmp_path, size=16)
+    direct = load_crops(tmp_path, "train", size=16)
+    assert torch.equal(named.images, direct.images) and named.classes == direct.classes

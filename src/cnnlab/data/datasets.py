@@ -31,6 +31,7 @@ Targets = torch.Tensor | list[torch.Tensor]   # per example: a tensor row, or a 
 SPLITS = ("train", "test")
 FOLDER = "folder"   # load(FOLDER, split, data_dir=ROOT): an image folder, not a registry entry
 BOX_FORMATS = ("voc", "csv")   # load(fmt, split, data_dir=ROOT): images with boxes (data.boxes)
+CROPS = "crops"   # load(CROPS, split, data_dir=ROOT, size=S): R-CNN's crops (apps.proposals)
 
 
 class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -223,7 +224,8 @@ def load(name: str, split: str = "train", data_dir: str | os.PathLike[str] | Non
     ``"cifar10"``/``"cifar100"`` read the python or the binary batches; ``"folder"`` reads
     one sub-folder per class from ``data_dir`` (see :func:`load_folder`; ``lazy`` applies to
     it and to boxes alone: a large folder stays on disk). ``"voc"``/``"csv"`` read images with
-    boxes from ``data_dir``, a PASCAL VOC folder or a CSV data set (see :mod:`cnnlab.data.boxes`).
+    boxes from ``data_dir``, a PASCAL VOC folder or a CSV data set (see :mod:`cnnlab.data.boxes`);
+    ``"crops"`` the detector's training crops cut from them (see :mod:`cnnlab.apps.proposals`).
 
     >>> ds = load("digits", "test", size=32)
     >>> ds
@@ -244,6 +246,14 @@ def load(name: str, split: str = "train", data_dir: str | os.PathLike[str] | Non
             raise DataError(f"load({name!r}, ...) reads images with boxes from data_dir=ROOT "
                             f"(see cnnlab.data.boxes) and cannot download")
         return load_boxes(name, data_dir, split, size=size, lazy=lazy)
+    if name == CROPS:
+        from cnnlab.apps.proposals import load_crops  # cut from images with boxes, by apps
+
+        if data_dir is None or download:
+            raise DataError("load('crops', ...) cuts R-CNN's training crops from the images "
+                            "with boxes in data_dir=ROOT (a VOC folder or a CSV data set) and "
+                            "cannot download")
+        return load_crops(data_dir, split, size=size)
     entry = info(name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: use 'train' or 'test'")

@@ -16,7 +16,7 @@ from dataclasses import InitVar, dataclass
 from typing import Any
 
 from cnnlab import data as _data
-from cnnlab.data.datasets import BOX_FORMATS, FOLDER
+from cnnlab.data.datasets import BOX_FORMATS, CROPS, FOLDER
 from cnnlab.errors import CnnlabError, ConfigError
 
 KERNELS = ("native", "reference")
@@ -27,7 +27,7 @@ LOSSES = ("auto", "mse", "l1", "bce")
 # auto: the one the model declares (classification, or an autoencoder's reconstruction)
 TASKS = {"auto": None, "classify": "classification", "reconstruct": "reconstruction",
          "localize": "localization"}
-DATA = (*_data.names(), FOLDER, *BOX_FORMATS)   # the registry's, image folders, boxes
+DATA = (*_data.names(), FOLDER, *BOX_FORMATS, CROPS)   # the registry's, folders, boxes, crops
 OUT = "runs/{model}-{data}"                      # where a run goes when ``out`` is not given
 COMMAND_LINE = "command line"                    # the ``source`` of values from `cnnlab train`
 
@@ -92,7 +92,7 @@ class TrainConfig:
     data: str = _setting("digits", f"data set; {FOLDER}: ROOT/train/<class>/ and "
                          f"ROOT/test/<class>/ given as --data-dir ROOT; {', '.join(BOX_FORMATS)}: "
                          "images with boxes, a VOC folder or ROOT/train.csv, test.csv (`cnnlab "
-                         "make-data`)",
+                         f"make-data`); {CROPS}: a detector's crops of those (R-CNN)",
                          choices=DATA)
     data_dir: str | None = _setting(
         None, "folder with the data files; default: $CNNLAB_DATA, else the per-user cache",
