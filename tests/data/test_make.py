@@ -69,6 +69,17 @@ def test_colour_objects_are_pasted_images_from_their_own_split(tmp_path):
             assert d.labels.tolist()[0] in (0, 1)
 
 
+def test_a_folder_too_large_to_decode_up_front_gives_the_same_canvases(tmp_path, monkeypatch):
+    folder = colour_folder(tmp_path / "cifar")
+    for i, path in enumerate(sorted(folder.rglob("*.png"))):      # distinct images
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), np.uint8)).save(path)
+    decoded = list(canvases("cifar10-multi", "train", 2, seed=1, data_dir=folder))
+    monkeypatch.setattr(mk, "POOL_BYTES", 0)                    # now decoded image by image
+    lazy = list(canvases("cifar10-multi", "train", 2, seed=1, data_dir=folder))
+    for a, b in zip(decoded, lazy, strict=True):
+        assert np.array_equal(a.image, b.image) and torch.equal(a.boxes, b.boxes)
+
+
 @pytest.mark.parametrize("fmt", ["voc", "csv"])
 def test_what_is_written_reads_back_exactly(tmp_path, fmt):
     out = make_data("digits-multi", tmp_path / "set", seed=5, fmt=fmt, train=4, test=3)
@@ -165,6 +176,7 @@ def test_mnist_canvases_from_the_real_files():
             assert d.image.shape == (canvas.size, canvas.size) and len(d.boxes) >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "cifar10-jpeg").is_dir(), reason="no shared CIFAR-10 copy")
 def test_cifar10_canvases_from_the_jpeg_folder():
     (d,) = canvases("cifar10-single", "test", 1, seed=0, data_dir=SHARED / "cifar10-jpeg")

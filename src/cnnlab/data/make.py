@@ -48,7 +48,6 @@ from tqdm.auto import tqdm
 from cnnlab.data.boxes import IMAGES, BoxRecord, write_boxes
 from cnnlab.data.datasets import BOX_FORMATS, FOLDER, SPLITS, ImageDataset, load
 from cnnlab.data.files import kind
-from cnnlab.data.folder import LazyImages
 from cnnlab.errors import CnnlabError, DataError
 
 __all__ = ["GENERATORS", "INK", "MAX_COVER", "Canvas", "Drawn", "Generator", "Request",
@@ -59,6 +58,8 @@ MAX_COVER = 0.5       # most of an object's box that may lie inside another obje
 TRIES = 20            # draws of an object before a multi-object canvas goes without it
 NOISE = 32.0          # std of a colour canvas's background noise, uint8 levels
 DESCRIPTION = "make-data.json"
+POOL_BYTES = 1 << 30  # an image folder's objects decoded up front up to this (uint8), else lazily
+CHUNK = 2048          # images of a folder decoded at a time
 
 # what one object of each source is, for --help
 NOUNS = {"digits": ("8x8 digit", "8x8 digits"), "mnist": ("MNIST digit", "MNIST digits"),
@@ -113,10 +114,11 @@ class Generator:
     write: Callable[[Generator, Request], None]
     formats: tuple[str, ...] = BOX_FORMATS  # --format choices, the first the default
     canvas: Canvas | None = None            # the boxes rows' drawing
+    about: str = ""                         # what a row without a canvas writes, for --help
 
     @property
     def summary(self) -> str:
-        what = self.canvas.describe() if self.canvas else self.name
+        what = self.canvas.describe() if self.canvas else self.about
         return f"{what}; {self.train:,} + {self.test:,}"
 
 
@@ -132,14 +134,19 @@ class Drawn(NamedTuple):
 # -- drawing ----------------------------------------------------------------------------------
 
 class _Pool:
-    """A split of a source as uint8 pixels (h, w, c), decoded once, or on demand for a large
-    image folder."""
+    """A split of a source as uint8 pixels (h, w, c), decoded once (an image folder a chunk
+    at a time), or on demand where that would pass ``POOL_BYTES``."""
 
     def __init__(self, ds: ImageDataset) -> None:
         self.ds, self.classes = ds, ds.classes
         self.channels = ds.in_channels
-        self.pixels = None if isinstance(ds.images, LazyImages) else _uint8(ds.images)
         self.labels = torch.as_tensor(ds.labels).tolist()
+        self.pixels: np.ndarray | None = None
+        if isinstance(ds.images, torch.Tensor):
+            self.pixels = _uint8(ds.images)
+        elif np.prod(ds.images.shape) <= POOL_BYTES:   # e.g. CIFAR-10's JPEGs: 150 MB
+            self.pixels = np.concatenate([_uint8(ds.images[i:i + CHUNK])
+                                          for i in range(0, len(ds), CHUNK)])
 
     def __len__(self) -> int:
         return len(self.labels)
