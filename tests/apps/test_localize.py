@@ -241,3 +241,33 @@ def test_sliding_windows_run_the_localiser_at_every_window():
         x, y, w, h = b.tolist()
         expected = [min(max(v, 0.0), 1.0) for v in (x, y, x + w, y + h)]
         assert f.box == pytest.approx(tuple(expected), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_the_command_line_path_on_generated_canvases(tmp_path, capsys):
+    """make-data, then the classifier and the localiser through `cnnlab train`, then
+    `cnnlab eval`: the path a user takes."""
+    from cnnlab.cli import main
+
+    canvases = tmp_path / "canvases"
+    assert main(["make-data", "digits-single", "--out", str(canvases), "--seed", "0",
+                 "--train", "120", "--test", "40"]) == 0
+    common = ["--data", "voc", "--data-dir", str(canvases), "--no-tensorboard", "--no-plots",
+              "--quiet", "--batch-size", "40"]
+    assert main(["train", "lenet5_modern", *common, "--epochs", "1",
+                 "--out", str(tmp_path / "cls")]) == 0
+    assert main(["train", "lenet5_modern", *common, "--epochs", "1", "--task", "localize",
+                 "--init", str(tmp_path / "cls"), "--freeze-until", "features",
+                 "--out", str(tmp_path / "loc")]) == 0
+    assert "test localisation accuracy" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "loc")]) == 0
+    out = capsys.readouterr().out
+    assert "localisation accuracy" in out and "mean IoU" in out
+    # a multi-object set is refused for localisation with the fix named
+    scenes = tmp_path / "scenes"
+    assert main(["make-data", "digits-multi", "--out", str(scenes), "--seed", "0",
+                 "--train", "20", "--test", "10"]) == 0
+    assert main(["train", "lenet5_modern", "--data", "voc", "--data-dir", str(scenes),
+                 "--task", "localize", "--epochs", "1", "--quiet",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "exactly one object per image" in capsys.readouterr().err
