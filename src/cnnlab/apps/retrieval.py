@@ -45,10 +45,10 @@ from cnnlab.train.run import WEIGHTS, load_run, storage_error, write_safetensors
 from cnnlab.train.transfer import Pool, extract_features
 
 __all__ = ["FORMAT", "KINDS", "PCA", "VERSION", "Hits", "Queries", "RetrievalIndex", "build_index",
-           "default_nlist", "default_nprobe", "evaluate", "index_run", "index_run_info",
-           "l2_normalize", "neural_codes", "pick_queries", "pixel_codes", "query_codes",
-           "ranking_scores", "read_queries", "recall_at_k", "search", "spaced",
-           "torch_search"]
+           "default_nlist", "default_nprobe", "evaluate", "faiss_index", "index_run",
+           "index_run_info", "index_settings", "l2_normalize", "neural_codes", "pick_queries",
+           "pixel_codes", "query_codes", "ranking_scores", "read_queries", "recall_at_k", "search",
+           "spaced", "torch_search"]
 
 Kind = Literal["flat", "ivf", "hnsw"]
 KINDS: tuple[Kind, ...] = ("flat", "ivf", "hnsw")
@@ -145,8 +145,9 @@ def default_nprobe(nlist: int) -> int:
     return min(nlist, max(8, round(nlist / 32)))
 
 
-def _faiss_index(codes: torch.Tensor, kind: Kind, settings: dict[str, int]) -> Any:
-    """A FAISS inner-product index of ``codes`` (N, D), trained and filled."""
+def faiss_index(codes: torch.Tensor, kind: Kind, settings: dict[str, int]) -> Any:
+    """A FAISS inner-product index of ``codes`` (N, D), trained and filled; ``settings`` as
+    :func:`index_settings` gives them."""
     faiss = _faiss()
     x = np.ascontiguousarray(codes.numpy(), dtype=np.float32)
     d = x.shape[1]
@@ -168,8 +169,10 @@ def _faiss_index(codes: torch.Tensor, kind: Kind, settings: dict[str, int]) -> A
     return index
 
 
-def _settings(kind: Kind, n: int, nlist: int | None, nprobe: int | None, m: int | None,
-              ef_search: int | None) -> dict[str, int]:
+def index_settings(kind: Kind, n: int, nlist: int | None = None, nprobe: int | None = None,
+                   m: int | None = None, ef_search: int | None = None) -> dict[str, int]:
+    """The settings of a ``kind`` index of ``n`` codes, defaults filled in and checked:
+    ivf ``nlist``, ``nprobe``; hnsw ``m``, ``ef_search``; flat none."""
     given = {"nlist": nlist, "nprobe": nprobe, "m": m, "ef_search": ef_search}
     for name, value in given.items():
         if value is not None and (not isinstance(value, int) or value < 1):
@@ -372,7 +375,7 @@ def build_index(features: torch.Tensor, labels: torch.Tensor, description: dict[
     ids = torch.arange(n) if ids is None else ids.long()
     if ids.shape != (n,):
         raise ShapeError(f"build_index: {tuple(ids.shape)} ids for {n} features; give one each")
-    settings = _settings(kind, n, nlist, nprobe, m, ef_search)
+    settings = index_settings(kind, n, nlist, nprobe, m, ef_search)
     if pca is not None and not 1 <= pca <= min(raw_dim, n):
         raise CnnlabError(f"--pca {pca}: the codes have {raw_dim} dimensions and there are "
                           f"{n:,} of them; give a size from 1 to {min(raw_dim, n)}")
@@ -380,12 +383,12 @@ def build_index(features: torch.Tensor, labels: torch.Tensor, description: dict[
     fitted = None if pca is None else PCA.fit(codes, pca)
     if fitted is not None:
         codes = l2_normalize(fitted(codes))                  # = neural_codes(features, fitted)
-    faiss_index = _faiss_index(codes, kind, settings)
+    built = faiss_index(codes, kind, settings)
     desc = {**description, "kind": kind, **settings, "raw_dim": raw_dim,
             "dim": int(codes.shape[1]), "pca": pca, "count": n}
     if kind != "flat":
-        desc |= _recall(faiss_index, codes)
-    return RetrievalIndex(faiss_index, ids, labels.long().clone(), desc, fitted, codes)
+        desc |= _recall(built, codes)
+    return RetrievalIndex(built, ids, labels.long().clone(), desc, fitted, codes)
 
 
 def _recall(index: Any, codes: torch.Tensor) -> dict[str, Any]:
