@@ -20,7 +20,8 @@ from typing import Any
 from cnnlab.errors import CnnlabError
 
 # modules whose add_parser(subparsers) adds a command of theirs, in the order `--help` lists them
-COMMANDS = ("cnnlab.visualize.command", "cnnlab.apps.retrieval_command", "cnnlab.data.make")
+COMMANDS = ("cnnlab.visualize.command", "cnnlab.apps.retrieval_command", "cnnlab.data.make",
+            "cnnlab.apps.detect")
 
 # {...}: filled in from the config, the data registry and the models' recipes (build_parser)
 EPILOG_TRAIN = """\
