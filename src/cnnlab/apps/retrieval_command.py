@@ -214,6 +214,7 @@ class _Query(typing.NamedTuple):
     pixels: torch.Tensor          # Q x C x H x W in [0, 1]
     names: list[str]
     labels: list[int | None]      # class ids where known
+    classes: list[str | None]     # their names in the query's data set
 
 
 def _queries(index: Any, args: argparse.Namespace) -> _Query:
@@ -225,7 +226,8 @@ def _queries(index: Any, args: argparse.Namespace) -> _Query:
         pixels, notes = read_queries(args.image, info.input_shape)
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
-        return _Query(pixels, [Path(p).name for p in args.image], [None] * len(pixels))
+        return _Query(pixels, [Path(p).name for p in args.image], [None] * len(pixels),
+                      [None] * len(pixels))
     desc = index.description
     name = args.data or desc["data"]
     data_dir = args.data_dir if args.data_dir is not None or name != desc["data"] \
@@ -238,11 +240,12 @@ def _queries(index: Any, args: argparse.Namespace) -> _Query:
     ids: list[int | None] = [None] * len(picked.ids)
     if known and isinstance(labels, torch.Tensor):
         ids = [int(v) for v in labels.tolist()]
-    names = [f"{picked.ds.name} {split} #{i}" + (f" ({classes[c]})" if c is not None else "")
-             for i, c in zip(picked.ids, ids, strict=True)]
+    names_of = [None if c is None else classes[c] for c in ids]
+    names = [f"{picked.ds.name} {split} #{i}" + (f" ({c})" if c is not None else "")
+             for i, c in zip(picked.ids, names_of, strict=True)]
     images = picked.ds.images
     pixels = images if isinstance(images, torch.Tensor) else images[torch.arange(len(images))]
-    return _Query(pixels.float(), names, ids)
+    return _Query(pixels.float(), names, ids, names_of)
 
 
 def _search(index: Any, queries: _Query, args: argparse.Namespace) -> dict[str, Any]:
@@ -253,14 +256,14 @@ def _search(index: Any, queries: _Query, args: argparse.Namespace) -> dict[str, 
     hits = search(index, codes, args.k)
     classes = index.classes
     rows = []
-    for q, (name, label) in enumerate(zip(queries.names, queries.labels, strict=True)):
+    for q, (name, label, cls) in enumerate(zip(queries.names, queries.labels, queries.classes,
+                                               strict=True)):
         found = [{"rank": r + 1, "id": int(hits.ids[q, r]),
                   "similarity": round(float(hits.similarities[q, r]), 6),
                   "label": int(hits.labels[q, r]), "class": classes[int(hits.labels[q, r])],
                   **({"same_class": int(hits.labels[q, r]) == label} if label is not None
                      else {})} for r in range(args.k)]
-        rows.append({"query": name, "label": label,
-                     "class": None if label is None else classes[label], "neighbours": found})
+        rows.append({"query": name, "label": label, "class": cls, "neighbours": found})
     d = index.description
     return {"index": args.index, "kind": d["kind"], "database": {
         "data": d["data"], "split": d["split"], "count": len(index)}, "k": args.k,
