@@ -140,8 +140,8 @@ def main() -> int:
     db, queries, made = codes_at_scale(args)
     q = np.ascontiguousarray(queries.numpy())
     print(f"{args.n:,} codes of {args.dim} dims ({made['real_codes']:,} real {made['model']} "
-          f"FC7 + PCA codes of {made['data']} x {made['copies']} noisy copies, noise sigma {made['noise_sigma']:.4f} "
-          f"per dim), {len(q):,} test-image queries, k = {K}; search on {args.threads} "
+          f"FC7 + PCA codes of {made['data']} x {made['copies']} noisy copies, noise sigma "
+          f"{made['noise_sigma']:.4f} per dim), {len(q):,} test-image queries, k = {K}; search on {args.threads} "
           f"thread(s), FAISS builds on {args.build_threads}", flush=True)
     rows: list[dict[str, Any]] = []
 
@@ -203,8 +203,8 @@ def main() -> int:
                 {"nprobe": value} if kind == "ivf" else {"ef_search": value})},
                 "build_seconds": took, "index_bytes": size, "rss_growth": grown,
                 "queries_per_second": len(q) / seconds, "search_seconds": seconds,
-                "repeats": calls, "exact": False, "recall_at_10": recall_at_k(torch.from_numpy(found).long(),
-                                                             exact)})
+                "repeats": calls, "exact": False,
+                "recall_at_10": recall_at_k(torch.from_numpy(found).long(), exact)})
         del index
     if args.json:
         write_json(args.json, {

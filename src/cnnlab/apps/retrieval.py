@@ -311,7 +311,7 @@ class RetrievalIndex:
                 meta = f.metadata() or {}
             tensors = load_file(where)
         except (SafetensorError, OSError, ValueError) as err:
-            raise CnnlabError(f"{where} is not a readable index file ({str(err)[:120]}); "
+            raise CnnlabError(f"{where} is not a readable index file ({_first_line(err)}); "
                               f"{rebuild}") from None
         if meta.get("format") != FORMAT:
             raise CnnlabError(f"{where} is a safetensors file but not a retrieval index (no "
@@ -328,7 +328,7 @@ class RetrievalIndex:
             dim, kind = int(description["dim"]), description["kind"]
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
             raise CnnlabError(f"{where} lacks part of an index ({type(err).__name__}: "
-                              f"{str(err)[:80]}); {rebuild}") from None
+                              f"{_first_line(err)}); {rebuild}") from None
         raw = blob.numpy()
         if (blob.dtype != torch.uint8 or blob.dim() != 1
                 or hashlib.sha256(raw.tobytes()).hexdigest() != meta.get("faiss_sha256")):
@@ -338,8 +338,8 @@ class RetrievalIndex:
         try:
             index = faiss.deserialize_index(raw)
         except RuntimeError as err:
-            first = (str(err).splitlines() or [""])[0][-120:]
-            raise CnnlabError(f"{where}: FAISS cannot read the index inside ({first}); "
+            raise CnnlabError(f"{where}: FAISS cannot read the index inside "
+                              f"({_first_line(err, last=True)}); "
                               f"{rebuild}") from None
         n = int(index.ntotal)
         problems = [what for what, bad in (
@@ -355,6 +355,13 @@ class RetrievalIndex:
             raise CnnlabError(f"{where}: the parts of the index do not fit together "
                               f"({'; '.join(problems)} for {n:,} codes); {rebuild}")
         return cls(index, ids.long(), labels.long(), description, pca)
+
+
+def _first_line(err: BaseException, width: int = 120, last: bool = False) -> str:
+    """The first line of an exception's message, cut to ``width`` (its end where ``last``:
+    FAISS puts its reason after the source location)."""
+    line = (str(err).splitlines() or [type(err).__name__])[0]
+    return line[-width:] if last else line[:width]
 
 
 def build_index(features: torch.Tensor, labels: torch.Tensor, description: dict[str, Any],
