@@ -141,8 +141,8 @@ def main() -> int:
     q = np.ascontiguousarray(queries.numpy())
     print(f"{args.n:,} codes of {args.dim} dims ({made['real_codes']:,} real {made['model']} "
           f"FC7 + PCA codes of {made['data']} x {made['copies']} noisy copies, noise sigma "
-          f"{made['noise_sigma']:.4f} per dim), {len(q):,} test-image queries, k = {K}; search on {args.threads} "
-          f"thread(s), FAISS builds on {args.build_threads}", flush=True)
+          f"{made['noise_sigma']:.4f} per dim), {len(q):,} test-image queries, k = {K}; search "
+          f"on {args.threads} thread(s), FAISS builds on {args.build_threads}", flush=True)
     rows: list[dict[str, Any]] = []
 
     def report(row: dict[str, Any]) -> None:
