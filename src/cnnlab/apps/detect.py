@@ -105,6 +105,7 @@ class Detector:
         self.max_detections = max_detections
         self.window = (int(model.default_input_shape[1]), int(model.default_input_shape[2]))
         self._fcn: FullyConvolutional | None = None
+        self._window_volume: tuple[int, int, int] | None = None
 
     @property
     def fcn(self) -> FullyConvolutional:
@@ -173,11 +174,14 @@ class Detector:
         return self.model.forward_box(grid.flatten(1).t())     # rows*cols x 4
 
     def _volume(self) -> tuple[int, int, int]:
-        c, h, w = self.model.default_input_shape
-        param = next(self.model.parameters())
-        probe = torch.zeros(1, c, h, w, dtype=param.dtype, device=param.device)
-        d, fh, fw = self.model.forward_features(probe).shape[1:]
-        return int(d), int(fh), int(fw)
+        """(D, h, w): the features of one window (what the regression head reads)."""
+        if self._window_volume is None:
+            c, h, w = self.model.default_input_shape
+            param = next(self.model.parameters())
+            probe = torch.zeros(1, c, h, w, dtype=param.dtype, device=param.device)
+            d, fh, fw = self.model.forward_features(probe).shape[1:]
+            self._window_volume = int(d), int(fh), int(fw)
+        return self._window_volume
 
     def _regions(self, x: torch.Tensor, proposals: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -396,6 +400,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     names = _outputs(args.images, out, args.overwrite)
     images = [read_image(p, channels) for p in args.images]        # all decode, or nothing
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        from cnnlab.train.run import storage_error
+
+        raise storage_error(f"cannot create the folder {str(out)!r}", err) from None
     results: list[dict[str, Any]] = []
     for path, name, image in zip(args.images, names, images, strict=True):
         det = detector(image, str(path))
@@ -422,7 +432,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _outputs(images: Sequence[str], out: Path, overwrite: bool) -> list[str]:
     """The PNG names of ``images`` in ``out`` (their stems), checked: distinct, and not there
-    already unless ``overwrite``; ``out`` made if missing."""
+    already unless ``overwrite``."""
     if out.exists() and not out.is_dir():
         raise CnnlabError(f"--out {str(out)!r} is a file; give a folder for the pictures")
     names = [f"{Path(p).stem}.png" for p in images]
@@ -439,12 +449,6 @@ def _outputs(images: Sequence[str], out: Path, overwrite: bool) -> list[str]:
         if there:
             raise CnnlabError(f"--out {str(out)!r} already holds {there[0]}; pick another "
                               "--out, or pass --overwrite to replace it")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        from cnnlab.train.run import storage_error
-
-        raise storage_error(f"cannot create the folder {str(out)!r}", err) from None
     return names
 
 

@@ -286,10 +286,10 @@ def region_crops(records: Sequence[BoxRecord], classes: Sequence[str],
       ``("background", *classes)``); the box is the matched object's, in units of the crop
       (it may reach outside [0, 1]); NaN for background;
     - per image: each object's own box, every proposal with IoU >= ``positive_iou`` with an
-      object (labelled as the object it overlaps most), and up to ``background_ratio`` per
-      object (at least that many) of the proposals with IoU < ``background_iou`` with every
-      object, drawn at random (from ``seed`` and the image's place: the same crops every
-      time); the rest left out;
+      object (labelled as the object it overlaps most), and up to ``background_ratio``
+      times as many crops as the image has objects (an image without objects: that ratio) of
+      the proposals with IoU < ``background_iou`` with every object, drawn at random (from
+      ``seed`` and the image's place: the same crops every time); the rest left out;
     - ``mean``/``std``: per channel over these crops.
 
     ``mode``: ``"L"`` or ``"RGB"`` (default: grey when every image is).
