@@ -3,8 +3,9 @@
 Models with small inputs, at most 20 M parameters and at most 400 M multiply-adds per image
 (LeNet, AlexNet/VGG for CIFAR, ResNet-20 to 110, DenseNet-BC-100, ...) run for real, on both
 kernels. The others (ImageNet-size models, WRN-28-10, DenseNet-BC-250) are checked for shapes
-and interface on the meta device, which tracks shapes without memory or arithmetic; their
-families' own tests run them, or smaller members of the family, for real.
+and interface on the meta device, which tracks shapes without memory or arithmetic; the smallest
+of them per code path runs forward and backward for real at its input size, and their families'
+own tests run them, or smaller members of the family, for real.
 """
 
 import pytest
@@ -200,10 +201,31 @@ def test_layers_by_the_chapters_names(name):
 LARGE = [n for n in CLASSIFIERS if n not in SMALL]
 
 
+def _code_path(name):
+    """What a real run of ``name`` exercises beyond the meta-device checks: the model's class,
+    its input shape and the kinds of modules in it (grouped convolutions a kind of their own)."""
+    model = models.info(name).meta_model
+    kinds = {type(m).__name__ + ("/grouped" if isinstance(m, torch.nn.Conv2d) and m.groups > 1
+                                 else "") for m in model.modules()}
+    return type(model).__name__, models.info(name).input_shape, frozenset(kinds)
+
+
+def _one_per_code_path(names):
+    """The model with the fewest parameters of each code path: vgg11 stands for vgg13, vgg16 and
+    vgg19 (the same modules, more of them), resnet50 for resnet101 and wide_resnet50_2."""
+    paths = {}
+    for name in names:
+        paths.setdefault(_code_path(name), []).append(name)
+    return [min(group, key=lambda n: sum(p.numel() for p in models.info(n).meta_model
+                                         .parameters()))
+            for group in paths.values()]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", LARGE)
+@pytest.mark.parametrize("name", _one_per_code_path(LARGE))
 def test_forward_and_backward_at_the_native_input_size(name):
-    """The models the tests above only shape-check on the meta device run once for real."""
+    """The models the tests above only shape-check on the meta device run once for real: one
+    per code path (each of the others is the same modules in other numbers or sizes)."""
     torch.manual_seed(0)
     model = models.create(name, num_classes=1000 if name in IMAGENET else 10)
     x = torch.randn(1, *models.info(name).input_shape)
