@@ -34,24 +34,26 @@ def test_sliding_windows_are_the_localizer_on_each_crop() -> None:
     (float64)."""
     torch.manual_seed(0)
     model = Localizer(models.create("lenet5_modern", num_classes=3)).double().eval()
-    # 2/3 of 48 is the 32-pixel window itself (no resizing); 0.5: the image enlarged to 64
-    detector = Detector(model, same, "sliding", scales=(2 / 3, 0.5))
+    # windows 2/3 of 48 high are the 32-pixel input itself (no resizing), 0.5: the image
+    # enlarged to 64; windows 3/4 as wide as high: the image stretched across
+    detector = Detector(model, same, "sliding", scales=(2 / 3, 0.5), aspects=(1.0, 0.75))
     image = torch.rand(1, 48, 48, dtype=torch.float64)
     probs, boxes, windows = detector._windows(image)
     fcn = detector.fcn
     expected_p, expected_b, expected_w = [], [], []
-    for size in (48, 64):
-        pyramid = F.interpolate(image[None], size=(size, size), mode="bilinear",
+    for h, w in ((48, 48), (48, 64), (64, 64), (64, 85)):
+        pyramid = F.interpolate(image[None], size=(h, w), mode="bilinear",
                                 align_corners=False)[0]
-        win = fcn.boxes(size, size).double()
+        win = fcn.boxes(h, w).double()
         crops = torch.stack([pyramid[:, int(y0):int(y1), int(x0):int(x1)]
                              for x0, y0, x1, y1 in win.tolist()])
         with torch.no_grad():
             scores, xywh = model(crops)
         expected_p.append(scores.softmax(1))
-        expected_b.append(_place(xywh, win) * 48 / size)
-        expected_w.append(win * 48 / size)
-    assert len(probs) == 5 * 5 + 9 * 9                      # lenet5_modern strides by 4
+        back = win.new_tensor([48 / w, 48 / h, 48 / w, 48 / h])
+        expected_b.append(_place(xywh, win) * back)
+        expected_w.append(win * back)
+    assert len(probs) == 5 * 5 + 5 * 9 + 9 * 9 + 9 * 14      # lenet5_modern strides by 4
     torch.testing.assert_close(probs, torch.cat(expected_p))
     torch.testing.assert_close(boxes, torch.cat(expected_b))
     torch.testing.assert_close(windows, torch.cat(expected_w).float())

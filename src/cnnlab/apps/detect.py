@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -49,12 +50,15 @@ from cnnlab.apps.proposals import (
 )
 from cnnlab.errors import CnnlabError, ModelError, ShapeError
 
-__all__ = ["DETECTIONS", "EVAL_THRESHOLD", "IOU_THRESHOLD", "MAX_DETECTIONS", "SCALES",
+__all__ = ["ASPECTS", "DETECTIONS", "EVAL_THRESHOLD", "IOU_THRESHOLD", "MAX_DETECTIONS", "SCALES",
            "SCORE_THRESHOLD", "Detector", "add_parser", "detect", "evaluate", "read_image"]
 
 # window sides as fractions of the image's shorter side, one pass of the pyramid each: the
 # objects of the generated canvases are a sixth to a half of it
 SCALES = (0.15, 0.2, 0.3, 0.4, 0.55, 0.75, 1.0)
+# window shapes, width over height: the image is resized more across than down for a narrow
+# one (the net still sees its square input, as R-CNN's warped crops)
+ASPECTS = (1.0,)
 SCORE_THRESHOLD = 0.5        # pictures: boxes whose class probability reaches this
 EVAL_THRESHOLD = 0.05        # --evaluate: lower, as mAP ranks (R-CNN's and Detectron's 0.05)
 IOU_THRESHOLD = 0.5          # NMS: a box overlapping a better one by more is dropped
@@ -72,16 +76,17 @@ class Detector:
     ``normalize``: what the run's inputs went through (``(x - mean) / std``). ``proposals``:
     ``"sliding"``, ``"selective"`` (fast selective search) or a (k, 4) tensor of boxes for
     every image. ``background``: the class id of "no object" (0 for a model trained on
-    crops; None: every class is an object). ``scales``: the pyramid's window sides as
-    fractions of the image's shorter side (sliding). ``refine``: move each box by the
+    crops; None: every class is an object). ``scales``: the pyramid's window heights as
+    fractions of the image's shorter side, ``aspects``: their widths over their heights
+    (sliding; one pass per pair). ``refine``: move each box by the
     regression head (else the window or proposal itself).
     """
 
     def __init__(self, model: Localizer, normalize: Normalize,
                  proposals: str | torch.Tensor = "sliding", *,
                  score_threshold: float = SCORE_THRESHOLD, iou_threshold: float = IOU_THRESHOLD,
-                 scales: Sequence[float] = SCALES, background: int | None = 0,
-                 refine: bool = True, max_detections: int = MAX_DETECTIONS) -> None:
+                 scales: Sequence[float] = SCALES, aspects: Sequence[float] = ASPECTS,
+                 background: int | None = 0, refine: bool = True, max_detections: int = MAX_DETECTIONS) -> None:
         if not isinstance(model, Localizer):
             raise ModelError(f"a detector is a localiser trained with a background class "
                              f"(cnnlab train MODEL --task localize --data crops), got "
@@ -95,13 +100,17 @@ class Detector:
         if not scales or any(not 0.0 < s <= 1.0 for s in scales):
             raise CnnlabError(f"scales are window sides as fractions of the image's shorter "
                               f"side, in (0, 1], got {list(scales)}")
+        if not aspects or any(not 0.0 < a < math.inf for a in aspects):
+            raise CnnlabError(f"aspects are window widths over heights, positive numbers "
+                              f"(1: square), got {list(aspects)}")
         if background is not None and not 0 <= background < (model.num_classes or 0):
             raise CnnlabError(f"background class {background} is not one of the model's "
                               f"{model.num_classes} classes; give its id, or None")
         self.model, self.normalize = model.eval(), normalize
         self.proposals = proposals
         self.score_threshold, self.iou_threshold = float(score_threshold), iou_threshold
-        self.scales, self.background, self.refine = tuple(scales), background, refine
+        self.scales, self.aspects = tuple(scales), tuple(aspects)
+        self.background, self.refine = background, refine
         self.max_detections = max_detections
         self.window = (int(model.default_input_shape[1]), int(model.default_input_shape[2]))
         self._fcn: FullyConvolutional | None = None
@@ -145,9 +154,10 @@ class Detector:
         _, height, width = x.shape
         wh, ww = self.window
         probs, boxes, windows = [], [], []
-        for fraction in self.scales:
-            side = fraction * min(height, width)              # the window's side in the image
-            h, w = max(wh, round(height * wh / side)), max(ww, round(width * ww / side))
+        for fraction, aspect in ((f, a) for f in self.scales for a in self.aspects):
+            side = fraction * min(height, width)              # the window's height in the image
+            h = max(wh, round(height * wh / side))
+            w = max(ww, round(width * ww / (side * aspect)))
             shrink = h < height or w < width
             pyramid = F.interpolate(x[None], size=(h, w), mode="bilinear", align_corners=False,
                                     antialias=shrink)
@@ -227,11 +237,12 @@ def _place(xywh: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
 def detect(model: Localizer, image: torch.Tensor, normalize: Normalize,
            proposals: str | torch.Tensor = "sliding", score_threshold: float = SCORE_THRESHOLD,
            iou_threshold: float = IOU_THRESHOLD, scales: Sequence[float] = SCALES,
-           background: int | None = 0) -> Detection:
+           aspects: Sequence[float] = ASPECTS, background: int | None = 0) -> Detection:
     """The objects in ``image`` (C, H, W) in [0, 1]: boxes in its pixels, scores, class ids
     without the background (see :class:`Detector`; build one to detect in many images)."""
     return Detector(model, normalize, proposals, score_threshold=score_threshold,
-                    iou_threshold=iou_threshold, scales=scales, background=background)(image)
+                    iou_threshold=iou_threshold, scales=scales, aspects=aspects,
+                    background=background)(image)
 
 
 def evaluate(detector: Detector, images: Sequence[torch.Tensor], truths: Sequence[Truth],
