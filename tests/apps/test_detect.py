@@ -34,14 +34,14 @@ def test_sliding_windows_are_the_localizer_on_each_crop() -> None:
     (float64)."""
     torch.manual_seed(0)
     model = Localizer(models.create("lenet5_modern", num_classes=3)).double().eval()
-    # windows 2/3 of 48 high are the 32-pixel input itself (no resizing), 0.5: the image
-    # enlarged to 64; windows 3/4 as wide as high: the image stretched across
-    detector = Detector(model, same, "sliding", scales=(2 / 3, 0.5), aspects=(1.0, 0.75))
+    # windows 2/3 of 48 high are the 32-pixel input itself (no resizing), 0.6: the image
+    # enlarged to 53; windows 3/4 as wide as high: the image stretched across
+    detector = Detector(model, same, "sliding", scales=(2 / 3, 0.6), aspects=(1.0, 0.75))
     image = torch.rand(1, 48, 48, dtype=torch.float64)
     probs, boxes, windows = detector._windows(image)
     fcn = detector.fcn
     expected_p, expected_b, expected_w = [], [], []
-    for h, w in ((48, 48), (48, 64), (64, 64), (64, 85)):
+    for h, w in ((48, 48), (48, 64), (53, 53), (53, 71)):
         pyramid = F.interpolate(image[None], size=(h, w), mode="bilinear",
                                 align_corners=False)[0]
         win = fcn.boxes(h, w).double()
@@ -53,7 +53,7 @@ def test_sliding_windows_are_the_localizer_on_each_crop() -> None:
         back = win.new_tensor([48 / w, 48 / h, 48 / w, 48 / h])
         expected_b.append(_place(xywh, win) * back)
         expected_w.append(win * back)
-    assert len(probs) == 5 * 5 + 5 * 9 + 9 * 9 + 9 * 14      # lenet5_modern strides by 4
+    assert len(probs) == 5 * 5 + 5 * 9 + 6 * 6 + 6 * 10       # lenet5_modern strides by 4
     torch.testing.assert_close(probs, torch.cat(expected_p))
     torch.testing.assert_close(boxes, torch.cat(expected_b))
     torch.testing.assert_close(windows, torch.cat(expected_w).float())
@@ -66,7 +66,7 @@ class Oracle(Localizer):
     """Scores known in advance: class 1 as strong as the crop is bright (pixels near 1),
     class 2 as it is grey (pixels near 0.5), background otherwise; the box: the whole crop."""
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         bright = (x > 0.75).float().mean((1, 2, 3))
         grey = ((x > 0.25) & (x < 0.75)).float().mean((1, 2, 3))
         scores = torch.stack([torch.full_like(bright, 5.0), 20 * bright, 20 * grey], 1)

@@ -42,6 +42,7 @@ from cnnlab.apps.localize import Localizer, corners
 from cnnlab.apps.proposals import (
     BACKGROUND,
     PROPOSALS,
+    WINDOW_SIZES,
     crop_extent,
     proposal_recall,
     require_proposals,
@@ -50,12 +51,10 @@ from cnnlab.apps.proposals import (
 )
 from cnnlab.errors import CnnlabError, ModelError, ShapeError
 
-__all__ = ["ASPECTS", "DETECTIONS", "EVAL_THRESHOLD", "IOU_THRESHOLD", "MAX_DETECTIONS", "SCALES",
-           "SCORE_THRESHOLD", "Detector", "add_parser", "detect", "evaluate", "read_image"]
+__all__ = ["ASPECTS", "DETECTIONS", "EVAL_THRESHOLD", "IOU_THRESHOLD", "MAX_DETECTIONS",
+           "SCALES", "SCORE_THRESHOLD", "Detector", "add_parser", "detect", "evaluate", "read_image"]
 
-# window sides as fractions of the image's shorter side, one pass of the pyramid each: the
-# objects of the generated canvases are a sixth to a half of it
-SCALES = (0.15, 0.2, 0.3, 0.4, 0.55, 0.75, 1.0)
+SCALES = WINDOW_SIZES        # the pyramid's window sides, fractions of the shorter side
 # window shapes, width over height: the image is resized more across than down for a narrow
 # one (the net still sees its square input, as R-CNN's warped crops)
 ASPECTS = (1.0,)
@@ -78,15 +77,16 @@ class Detector:
     every image. ``background``: the class id of "no object" (0 for a model trained on
     crops; None: every class is an object). ``scales``: the pyramid's window heights as
     fractions of the image's shorter side, ``aspects``: their widths over their heights
-    (sliding; one pass per pair). ``refine``: move each box by the
-    regression head (else the window or proposal itself).
+    (sliding; one pass per pair). ``refine``: move each box by the regression head (else
+    the window or proposal itself).
     """
 
     def __init__(self, model: Localizer, normalize: Normalize,
                  proposals: str | torch.Tensor = "sliding", *,
                  score_threshold: float = SCORE_THRESHOLD, iou_threshold: float = IOU_THRESHOLD,
                  scales: Sequence[float] = SCALES, aspects: Sequence[float] = ASPECTS,
-                 background: int | None = 0, refine: bool = True, max_detections: int = MAX_DETECTIONS) -> None:
+                 background: int | None = 0, refine: bool = True,
+                 max_detections: int = MAX_DETECTIONS) -> None:
         if not isinstance(model, Localizer):
             raise ModelError(f"a detector is a localiser trained with a background class "
                              f"(cnnlab train MODEL --task localize --data crops), got "

@@ -51,8 +51,11 @@ MIN_SIDE = 192
 POSITIVE_IOU = 0.5            # a proposal of an object's class: IoU >= 0.5 with it (R-CNN)
 BACKGROUND_IOU = 0.3          # a background proposal: IoU < 0.3 with every object (R-CNN)
 BACKGROUND_RATIO = 3          # background crops per object crop, at most (R-CNN: 96 of 128)
-WINDOW_SIZES = (0.25, 0.5, 0.75)   # crops' sliding windows: sides as fractions of the image
-WINDOW_STRIDE = 0.25               # ... every quarter of their side
+# sliding windows' sides as fractions of the image's shorter side: the crops' windows (one
+# every quarter of their side) and the detector's pyramid; the objects of the generated
+# canvases are a sixth to a half of it
+WINDOW_SIZES = (0.15, 0.2, 0.3, 0.4, 0.55, 0.75, 1.0)
+WINDOW_STRIDE = 0.25
 BACKGROUND = "background"     # class 0 of the crops and of a detector trained on them
 PROPOSALS = ("selective", "sliding")
 
