@@ -19,7 +19,7 @@ from cnnlab.train import CHECKPOINT, METRICS, WEIGHTS, checkpoint, tasks, train
 from cnnlab.train.evaluation import Member, evaluate_members
 
 sys.path.insert(0, str(Path(__file__).parent))
-from toy_task import Brightness, brightness_data, config, net
+from toy_task import Brightness, brightness_data, config, net, run
 
 SCRIPT = str(Path(__file__).parent / "toy_task.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -33,11 +33,11 @@ def _env():
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """The toy task trained for 3 epochs without a stop (in a subprocess, as the others)."""
+def finished(tmp_path_factory, one_thread):
+    """The toy task trained for 3 epochs without a stop: the script's run, in this process on
+    one thread as the script's (the killed run's steps match it to the bit)."""
     out = tmp_path_factory.mktemp("toy") / "run"
-    subprocess.run([sys.executable, SCRIPT, str(out)], check=True, env=_env(), timeout=300,
-                   capture_output=True)
+    run(str(out))
     return out
 
 
@@ -92,8 +92,7 @@ def test_a_sigkilled_toy_run_resumes_to_the_bit(finished, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / WEIGHTS).exists() and (out / CHECKPOINT).exists()
-    subprocess.run([sys.executable, SCRIPT, str(out), "--resume"], check=True, env=_env(),
-                   timeout=300, capture_output=True)
+    run(str(out), resume=True)                  # in this process: the checkpoint is the state
     a, b = load_file(finished / WEIGHTS), load_file(out / WEIGHTS)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     for r1, r2 in zip(_records(finished), _records(out), strict=True):

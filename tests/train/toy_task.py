@@ -57,6 +57,12 @@ def config(out: str, **kw) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def run(out: str, resume: bool = False) -> dict:
+    """The run the script makes: 3 epochs of 8 steps, a checkpoint every 3 steps."""
+    return train(config(out), net(), task=Brightness(), datasets=brightness_data(),
+                 progress=False, resume=resume)
+
+
 if __name__ == "__main__":
     out, flags = sys.argv[1], sys.argv[2:]
     if "--slow" in flags:
@@ -67,6 +73,4 @@ if __name__ == "__main__":
             real(*args)
 
         optim.set_lr = slow
-    result = train(config(out), net(), task=Brightness(), datasets=brightness_data(),
-                   progress=False, resume="--resume" in flags)
-    print(result["summary"])
+    print(run(out, resume="--resume" in flags)["summary"])
