@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cnnlab import cli
 from cnnlab.errors import CnnlabError
 from cnnlab.train import METRICS, WEIGHTS
 from cnnlab.train.distributed import Context, context_from_env
@@ -101,11 +102,15 @@ def _records(run):
 
 
 @pytest.mark.slow
-def test_torchrun_with_two_gloo_processes_matches_one_process(tmp_path):
+def test_torchrun_with_two_gloo_processes_matches_one_process(tmp_path, monkeypatch, one_thread):
     """The same command under torchrun: two CPU processes (gloo) share each global batch of
     64 and average their gradients, which is the single-process step up to summation order
-    (LeNet-5 has neither dropout nor batch norm)."""
-    one, _ = _train(tmp_path, "one", [sys.executable])
+    (LeNet-5 has neither dropout nor batch norm). The single process is this one, on one
+    thread as each of torchrun's."""
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    one = tmp_path / "one"
+    assert cli.main([*TRAIN, "--out", str(one)]) == 0
     two, stdout = _train(tmp_path, "two", TORCHRUN)
     assert stdout.count("test accuracy") == 1                  # rank 0 reports, alone
     a, b = load_file(one / WEIGHTS), load_file(two / WEIGHTS)
