@@ -42,8 +42,9 @@ def digits():
 
 
 def config(tmp_path, **kw):
+    # no PNGs (matplotlib, ~0.4 s a run): the tests here read weights and records
     values = {"model": "tiny", "epochs": 2, "batch_size": 32, "lr": 0.05,
-              "out": str(tmp_path / "run"), "device": "cpu"}
+              "out": str(tmp_path / "run"), "device": "cpu", "plots": False}
     values.update(kw)
     return TrainConfig(**values)
 

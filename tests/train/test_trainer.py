@@ -66,15 +66,16 @@ def digits():
 
 
 def config(tmp_path, **kw):
+    # no PNGs (matplotlib, ~0.4 s a run) unless a test asks: the run folder's test does
     values = {"model": "tiny", "epochs": 2, "batch_size": 32, "lr": 0.05,
-              "out": str(tmp_path / "run"), "device": "cpu"}
+              "out": str(tmp_path / "run"), "device": "cpu", "plots": False}
     values.update(kw)
     return TrainConfig(**values)
 
 
 def test_loss_falls_and_the_run_folder_is_written(tmp_path, digits):
     model = tiny()
-    cfg = config(tmp_path, epochs=3)
+    cfg = config(tmp_path, epochs=3, plots=True)
     result = train(cfg, model, progress=False, datasets=digits)
     history = result["history"]
     assert [r["epoch"] for r in history] == [1, 2, 3]
