@@ -25,7 +25,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     for seed in (0, 1):
         cfg = TrainConfig("lenet5_modern", epochs=1, lr=0.05, batch_size=32, seed=seed,
-                          out=str(root / f"seed{seed}"), device="cpu")
+                          out=str(root / f"seed{seed}"), device="cpu", plots=False)
         train(cfg, progress=False, datasets=data)
     return root / "seed0", root / "seed1"
 

@@ -133,7 +133,7 @@ def test_a_killed_run_resumes_bit_identical(tmp_path, digits, reference, kill_at
 
 
 def test_killed_twice_still_bit_identical(tmp_path, digits, reference):
-    cfg = config(tmp_path)
+    cfg = config(tmp_path, plots=False)
     with pytest.raises(Killed):
         train(cfg, tiny(kill_at=4), progress=False, datasets=digits)
     with pytest.raises(Killed):                                   # 4 more steps, then again
@@ -170,7 +170,7 @@ def test_the_checkpoint_is_one_safetensors_file_with_json_state(tmp_path, digits
 def test_sigkill_of_a_real_process_resumes_bit_identical(tmp_path):
     """`python -m cnnlab train` killed with SIGKILL, then `cnnlab train --resume`."""
     args = ["train", "lenet5_modern", "--epochs", "2", "--checkpoint-every", "4", "--quiet",
-            "--augment", "auto", "--device", "cpu"]
+            "--augment", "auto", "--device", "cpu", "--no-plots"]
     # the child runs the real command, slowed down by 30 ms a step so the kill lands mid-run
     child = ("import sys, time; from cnnlab.train import loop; real = loop.optim.set_lr\n"
              "def slow(*a):\n    time.sleep(0.03); real(*a)\n"
@@ -201,7 +201,7 @@ def test_sigkill_of_a_real_process_resumes_bit_identical(tmp_path):
 def test_cli_resume_end_to_end(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     args = ["train", "lenet5_modern", "--epochs", "2", "--checkpoint-every", "5", "--quiet",
-            "--schedule", "cosine", "--warmup-epochs", "0.5", "--device", "cpu",
+            "--schedule", "cosine", "--warmup-epochs", "0.5", "--device", "cpu", "--no-plots",
             "--out", str(out)]
     real, steps = loop_mod.optim.set_lr, []
 
@@ -323,7 +323,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, digits, referenc
     with pytest.raises(CnnlabError, match=r"could not write the checkpoint .*: No space left on "
                                           r"device; free space on that disk; the checkpoint of "
                                           r"epoch 2, step 0 is kept; then `cnnlab train --resume"):
-        train(config(tmp_path), tiny(), progress=False, datasets=digits)
+        train(config(tmp_path, plots=False), tiny(), progress=False, datasets=digits)
     assert sorted(p.name for p in run.iterdir()) == [CHECKPOINT, "config.json", METRICS,
                                              "tensorboard"]
     assert checkpoint.describe(run / CHECKPOINT)["global_step"] == 5
@@ -334,7 +334,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, digits, referenc
 
 def test_a_temporary_file_left_by_a_kill_is_cleared(tmp_path, digits, reference):
     with pytest.raises(Killed):
-        train(config(tmp_path), tiny(kill_at=5), progress=False, datasets=digits)
+        train(config(tmp_path, plots=False), tiny(kill_at=5), progress=False, datasets=digits)
     run = tmp_path / "run"
     stale = run / ".checkpoint.safetensors.0123456789ab.tmp"     # SIGKILL during a write
     stale.write_bytes(b"half a checkpoint")
@@ -364,7 +364,8 @@ def test_resume_refusals_say_why(tmp_path, digits):
         train(resume_config(tmp_path / "early"), tiny(), progress=False, datasets=digits,
               resume=True)
     # finished
-    train(config(tmp_path, "done", epochs=1), tiny(), progress=False, datasets=digits)
+    train(config(tmp_path, "done", epochs=1, plots=False), tiny(), progress=False,
+          datasets=digits)
     with pytest.raises(CnnlabError, match=r"cannot resume '.*done': the run is finished"):
         train(resume_config(tmp_path / "done"), tiny(), progress=False, datasets=digits,
               resume=True)
@@ -374,7 +375,7 @@ def test_resume_refusals_say_why(tmp_path, digits):
 
 
 def test_what_may_change_on_resume(tmp_path, digits):
-    cfg = config(tmp_path, schedule="step", lr_step=1, lr_gamma=0.5, epochs=2)
+    cfg = config(tmp_path, schedule="step", lr_step=1, lr_gamma=0.5, epochs=2, plots=False)
     with pytest.raises(Killed):
         train(cfg, tiny(kill_at=7), progress=False, datasets=digits)
     run = tmp_path / "run"
@@ -391,7 +392,8 @@ def test_what_may_change_on_resume(tmp_path, digits):
                    datasets=digits, resume=True)
     assert [h["lr"] for h in result["history"]] == [0.05, 0.025, 0.0125]
     assert json.loads((run / "config.json").read_text())["epochs"] == 3
-    whole = config(tmp_path, "whole", schedule="step", lr_step=1, lr_gamma=0.5, epochs=3)
+    whole = config(tmp_path, "whole", schedule="step", lr_step=1, lr_gamma=0.5, epochs=3,
+                   plots=False)
     train(whole, tiny(), progress=False, datasets=digits)
     assert same_weights(tmp_path / "whole", run)
 
@@ -403,7 +405,8 @@ def test_a_fresh_start_over_an_unfinished_run_needs_overwrite(tmp_path, digits):
                                           r"after step 3\); continue it with `cnnlab train "
                                           r"--resume .*`.* or pass --overwrite"):
         train(config(tmp_path), tiny(), progress=False, datasets=digits)
-    train(config(tmp_path, epochs=1), tiny(), progress=False, datasets=digits, overwrite=True)
+    train(config(tmp_path, epochs=1, plots=False), tiny(), progress=False, datasets=digits,
+          overwrite=True)
     assert len(metrics(tmp_path / "run")) == 1
 
 

@@ -41,7 +41,7 @@ def run(tmp_path_factory, digits):
     """A finished 10-class lenet5_modern run folder."""
     out = tmp_path_factory.mktemp("runs") / "lenet"
     cfg = TrainConfig("lenet5_modern", epochs=1, lr=0.05, batch_size=32, out=str(out),
-                      device="cpu")
+                      device="cpu", plots=False)
     train(cfg, progress=False, datasets=digits)
     return out
 
@@ -213,7 +213,7 @@ def test_the_trainer_fine_tunes_only_the_deeper_layers(run, digits, tmp_path):
     frozen = freeze_until(model, "c3")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = TrainConfig("lenet5_modern", epochs=1, lr=0.05, batch_size=32,
-                      out=str(tmp_path / "tuned"), device="cpu")
+                      out=str(tmp_path / "tuned"), device="cpu", plots=False)
     train(cfg, model, progress=False, datasets=five)
     after = model.state_dict()
     assert all(torch.equal(after[k], before[k]) for k in frozen.frozen)
