@@ -190,7 +190,7 @@ def test_the_input_shape_is_read_from_the_model_without_touching_the_generator()
 
 @pytest.mark.parametrize("name", models.names())
 def test_layers_by_the_chapters_names(name):
-    model = _build(name, "meta")
+    model = models.info(name).meta_model        # create(name) on meta, built once and shared
     assert model.chapter_layers, f"{name} names none of its layers"
     for chapter_name, path in model.chapter_layers.items():
         assert model.layer(chapter_name) is model.get_submodule(path)
