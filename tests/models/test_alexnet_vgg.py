@@ -207,8 +207,10 @@ def test_pre_logits_are_the_fc7_features(name, shape):
 
 # ------------------------------------------------------------------------------- CIFAR forms
 
-@pytest.mark.parametrize("name, kwargs", [("alexnet_cifar", {}), ("alexnet_cifar", {"towers": 2}),
-                                          ("zfnet_cifar", {}), ("vgg_cifar", {"config": "A-LRN"}),
+# the forms other than the defaults: test_zoo.py runs each registered model at its defaults
+# through this same check (seed, input, tolerance)
+@pytest.mark.parametrize("name, kwargs", [("alexnet_cifar", {"towers": 2}),
+                                          ("vgg_cifar", {"config": "A-LRN"}),
                                           ("vgg_cifar", {"config": "C"})])
 def test_both_kernels_agree(name, kwargs):
     torch.manual_seed(0)
