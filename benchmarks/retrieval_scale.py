@@ -14,7 +14,10 @@ Side by side on the same codes and queries, k = 10: ``torch_search`` (cnnlab's c
 products with a running top-k), FAISS flat (exact), IVF (``nlist`` 4 sqrt(N), ``nprobe``
 swept) and HNSW (M 32, ``efSearch`` swept; ``--kinds``). For each: build seconds, queries/s
 (median of ``--repeats`` searches of all queries), the index's bytes (its serialisation) and
-the process's resident memory growth while it was built, and recall@10 against exact search.
+the process's resident memory growth while it was built, and recall@10 against exact search
+(torch's top-10), also counting as found a neighbour within 1e-6 of the true 10th similarity
+(neural codes crowd: neighbouring similarities differ by about 1e-5, so float32 rounding in
+another summation order swaps some at rank 10, whatever the index).
 Search runs on ``--threads`` (1) thread, torch and FAISS alike; builds on ``--build-threads``
 (2) FAISS threads, since IVF's k-means and HNSW's graph take minutes on one.
 
@@ -81,6 +84,17 @@ def timed(search: Callable[[], Any], repeats: int) -> tuple[float, int, Any]:
     return statistics.median(times), len(times), out
 
 
+TIE = 1e-6          # similarities this close to the true 10th count as ties (float32 rounding)
+
+
+def tie_recall(found: torch.Tensor, queries: torch.Tensor, db: torch.Tensor,
+               tenth: torch.Tensor) -> float:
+    """The share of found neighbours (Q, k) whose similarity (float64) is at least the true
+    k-th best's less ``TIE``: recall that forgives the order of near-equal similarities."""
+    sims = (queries.double().unsqueeze(1) * db[found].double()).sum(-1)     # Q x k
+    return float((sims >= tenth.double().unsqueeze(1) - TIE).double().mean())
+
+
 def codes_at_scale(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """(database codes (n, 256), query codes (q, 256), how they were made)."""
     from cnnlab.train._runs import run_data, run_info
@@ -126,6 +140,7 @@ def main() -> int:
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=100, help="flat: also in batches of this")
     parser.add_argument("--threads", type=int, default=1, help="search threads")
     parser.add_argument("--build-threads", type=int, default=2, help="FAISS build threads")
     parser.add_argument("--kinds", nargs="+", default=["ivf", "hnsw"], choices=["ivf", "hnsw"])
@@ -147,12 +162,15 @@ def main() -> int:
 
     def report(row: dict[str, Any]) -> None:
         rows.append(row)
-        recall = "" if row.get("recall_at_10") is None else f"  recall@10 {row['recall_at_10']:.4f}"
-        print(f"{row['method']:<38} build {row['build_seconds']:7.1f} s  "
+        recall = ("" if row.get("recall_at_10") is None else f"  recall@10 "
+                  f"{row['recall_at_10']:.4f} (ties {row['recall_at_10_ties']:.4f})")
+        print(f"{row['method']:<40} build {row['build_seconds']:7.1f} s  "
               f"{row['queries_per_second']:9.1f} queries/s  index {row['index_bytes'] / 2**20:7.0f}"
               f" MiB  RSS +{row['rss_growth'] / 2**20:6.0f} MiB{recall}", flush=True)
 
-    seconds, calls, (_, exact) = timed(partial(torch_search, queries, db, K), args.repeats)
+    seconds, calls, (exact_sims, exact) = timed(partial(torch_search, queries, db, K),
+                                                args.repeats)
+    tenth = exact_sims[:, -1]
     report({"method": "torch matmul + top-k", "build_seconds": 0.0, "index_bytes":
             db.numel() * 4, "rss_growth": 0, "queries_per_second": len(q) / seconds,
             "search_seconds": seconds, "repeats": calls, "recall_at_10": None, "exact": True})
@@ -169,17 +187,29 @@ def main() -> int:
         return index, took, size, grown
 
     flat, took, size, grown = build("flat", {})
-    # FAISS 1.15 hands a flat search to BLAS only from 128,000 queries on (its
-    # distance_compute_blas_threshold); below, a loop of SIMD dot products. Both are shown.
+    # FAISS 1.15's flat search takes BLAS for a large batch of queries (1,000 here) but a loop
+    # of SIMD dot products for a small one (below its default distance_compute_blas_threshold
+    # of 128,000 "queries", which it compares with more than the query count): all 1,000
+    # queries at once and in batches of --batch, with the default and with threshold 20
     default_threshold = faiss.cvar.distance_compute_blas_threshold
+
+    def batched(index: Any) -> tuple[Any, Any]:
+        parts = [index.search(q[i:i + args.batch], K) for i in range(0, len(q), args.batch)]
+        return np.concatenate([d for d, _ in parts]), np.concatenate([i for _, i in parts])
+
     for threshold in (default_threshold, 20):
         faiss.cvar.distance_compute_blas_threshold = threshold
-        seconds, calls, (_, found) = timed(partial(flat.search, q, K), args.repeats)
-        report({"method": f"faiss flat, BLAS from {threshold:,} queries", "build_seconds": took,
-                "index_bytes": size, "rss_growth": grown, "queries_per_second": len(q) / seconds,
-                "search_seconds": seconds, "repeats": calls, "exact": True,
-                "blas_threshold": threshold,
-                "recall_at_10": recall_at_k(torch.from_numpy(found).long(), exact)})
+        for batch in (len(q), args.batch):
+            search = partial(flat.search, q, K) if batch == len(q) else partial(batched, flat)
+            seconds, calls, (_, found) = timed(search, args.repeats)
+            report({"method": f"faiss flat, {batch:,} a batch, thr {threshold:,}",
+                    "build_seconds": took, "index_bytes": size, "rss_growth": grown,
+                    "queries_per_second": len(q) / seconds, "search_seconds": seconds,
+                    "repeats": calls, "exact": True, "blas_threshold": threshold,
+                    "batch": batch,
+                    "recall_at_10": recall_at_k(torch.from_numpy(found).long(), exact),
+                    "recall_at_10_ties": tie_recall(torch.from_numpy(found).long(), queries, db,
+                                                    tenth)})
     faiss.cvar.distance_compute_blas_threshold = default_threshold
     del flat
     for kind in args.kinds:
@@ -204,7 +234,9 @@ def main() -> int:
                 "build_seconds": took, "index_bytes": size, "rss_growth": grown,
                 "queries_per_second": len(q) / seconds, "search_seconds": seconds,
                 "repeats": calls, "exact": False,
-                "recall_at_10": recall_at_k(torch.from_numpy(found).long(), exact)})
+                "recall_at_10": recall_at_k(torch.from_numpy(found).long(), exact),
+                    "recall_at_10_ties": tie_recall(torch.from_numpy(found).long(), queries, db,
+                                                    tenth)})
         del index
     if args.json:
         write_json(args.json, {
