@@ -469,6 +469,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run() -> None:
+    """The ``cnnlab`` program: :func:`main` on the command line, then the exit (under
+    torchrun, one that cannot hang: :func:`cnnlab.train.distributed.exit_process`)."""
+    code = main()
+    from cnnlab.train.distributed import exit_process
+
+    exit_process(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_attach_dash_values(parser, sys.argv[1:] if argv is None else argv))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -85,13 +86,24 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def _run(cmd, expect=0):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _run(cmd, expect=0, timeout=300):
+    """Run ``cmd`` in a session of its own; past ``timeout``, every process of it is sent
+    SIGABRT, which makes each Python print where it stands (faulthandler), and the test fails
+    with that."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(var, None)
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
-    assert (done.returncode == 0) == (expect == 0), done.stderr[-2000:]
-    return done.stdout
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGABRT)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{' '.join(cmd[2:])} did not end in {timeout} s; where it stood:\n"
+                    f"{stdout[-1000:]}\n{stderr[-6000:]}")
+    assert (proc.returncode == 0) == (expect == 0), stderr[-2000:]
+    return stdout
 
 
 def _train(tmp_path, name, launcher):

@@ -19,6 +19,7 @@ statistics, which each process computes on its own share).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -108,6 +109,22 @@ def teardown(ctx: Context) -> None:
     """Leave the process group that :func:`setup` joined."""
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> None:
+    """End this process with ``code``. A process that torchrun launched leaves without the
+    interpreter's finalisation, once its output is flushed: there, PyTorch's autograd engine
+    and gloo's threads can wait on each other for ever after the work is done (pytorch#75097,
+    #190489; seen here as a resumed two-process run that finished and never exited). Every
+    file a command writes is complete by then (atomic writes), so nothing is lost."""
+    if context_from_env().distributed:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):         # a closed or broken pipe: nothing to keep
+                pass
+        os._exit(code)
+    sys.exit(code)
 
 
 def barrier(ctx: Context) -> None:
