@@ -94,8 +94,8 @@ def test_image_dataset_indexes_like_a_dataset():
     np.testing.assert_allclose(normed[0].numpy(),
                                ((ds.images[0] - ds.mean[0]) / ds.std[0]).numpy(), rtol=1e-6)
     assert "digits" in repr(ds) and "n=360" in repr(ds)
-    with pytest.raises(ShapeError, match="needs images"):
-        ImageDataset(torch.zeros(3, 8, 8), torch.zeros(3), name="x", split="train",
+    with pytest.raises(ShapeError, match="needs examples"):      # floats need channels
+        ImageDataset(torch.zeros(3, 8), torch.zeros(3), name="x", split="train",
                      classes="ab", mean=(0.0,), std=(1.0,))
 
 

@@ -160,15 +160,15 @@ def test_a_value_not_among_the_choices_gets_a_near_match(field, value, near):
 
 def test_the_data_choices_are_the_registrys():
     from cnnlab import data
-    from cnnlab.data.datasets import BOX_FORMATS, CROPS, FOLDER
+    from cnnlab.data.datasets import BOX_FORMATS, CROPS, FOLDER, LOADERS
     from cnnlab.train.config import SETTINGS
 
-    assert SETTINGS["data"].choices == (*data.names(), FOLDER, *BOX_FORMATS, CROPS)
+    assert SETTINGS["data"].choices == (*data.names(), FOLDER, *BOX_FORMATS, CROPS, *LOADERS)
     for name in SETTINGS["data"].choices:
         assert TrainConfig(data=name).data == name
     with pytest.raises(CnnlabError, match=re.escape(
             "data must be 'cifar10', 'cifar100', 'digits', 'fashion-mnist', 'mnist', 'folder', "
-            "'voc', 'csv' or 'crops', got data='svhn' (--data)")):
+            "'voc', 'csv', 'crops', 'mr', 'text' or 'video', got data='svhn' (--data)")):
         TrainConfig(data="svhn")
 
 

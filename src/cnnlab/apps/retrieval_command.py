@@ -223,7 +223,7 @@ def _queries(index: Any, args: argparse.Namespace) -> _Query:
 
     info = index_run_info(index, args.run)
     if args.image:
-        pixels, notes = read_queries(args.image, info.input_shape)
+        pixels, notes = read_queries(args.image, info.image_shape)
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         return _Query(pixels, [Path(p).name for p in args.image], [None] * len(pixels),

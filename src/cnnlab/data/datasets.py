@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import importlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,10 +34,23 @@ SPLITS = ("train", "test")
 FOLDER = "folder"   # load(FOLDER, split, data_dir=ROOT): an image folder, not a registry entry
 BOX_FORMATS = ("voc", "csv")   # load(fmt, split, data_dir=ROOT): images with boxes (data.boxes)
 CROPS = "crops"   # load(CROPS, split, data_dir=ROOT, size=S): R-CNN's crops (apps.proposals)
+# data sets beyond images, each read by its own module (imported when used):
+# name -> "module:function", called as function(split=, data_dir=, size=, options=)
+LOADERS = {
+    "mr": "cnnlab.data.text:load_mr",                    # MR sentence polarity (8.6.4)
+    "text": "cnnlab.data.text:load_text_folder",         # ROOT: text files per class
+    "video": "cnnlab.data.video:load_video_folder",      # ROOT: video files per class (8.6.5)
+}
+# the data options of a run (TrainConfig fields of the same names) and their defaults; a
+# loader uses those it understands and refuses the others when they are not at the default
+DATA_OPTIONS: dict[str, Any] = {"vectors": None, "frame_stride": 1}
 
 
 class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Images (N, C, H, W) float32 in [0, 1] and their targets, held as tensors.
+    """Examples and their targets, held as tensors: images (N, C, H, W) float32 in [0, 1],
+    and likewise signals (N, C, L) and clips (N, C, T, H, W); or token ids (N, L) int64 (a
+    sentence per row, 0 the padding), which take no per-channel statistics (``mean=()``,
+    ``std=()``) and are not normalised.
 
     ``labels`` are the targets: class ids (N,) int64 for classification, any (N, ...) tensor
     (a number, an image), or a list of N tensors of their own lengths (boxes, a sentence),
@@ -47,19 +62,28 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
     A large image folder holds :class:`~cnnlab.data.folder.LazyImages` instead of a tensor
     (``lazy`` is True): indexing it reads the images from disk.
+
+    A data set whose model needs more than its channel count (a text data set's vocabulary
+    and word vectors) is a subclass that overrides :meth:`model_args`, :meth:`prepare_model`
+    and :meth:`metadata`.
     """
 
     def __init__(self, images: torch.Tensor | LazyImages, labels: Targets, *, name: str,
                  split: str, classes: Sequence[str], mean: Sequence[float],
                  std: Sequence[float]) -> None:
         shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else (len(labels),)
-        if images.dim() != 4 or shape[:1] != tuple(images.shape[:1]):
-            raise ShapeError(f"ImageDataset needs images (N, C, H, W) and N targets (labels "
-                             f"(N,), a tensor (N, ...) or a list of N tensors), got "
+        tokens = isinstance(images, torch.Tensor) and not images.is_floating_point()
+        dims_ok = images.dim() == 2 if tokens else 3 <= images.dim() <= 5
+        if not dims_ok or shape[:1] != tuple(images.shape[:1]):
+            raise ShapeError(f"ImageDataset needs examples (N, C, H, W) (or (N, C, L), "
+                             f"(N, C, T, H, W) floats, or (N, L) token ids) and N targets "
+                             f"(labels (N,), a tensor (N, ...) or a list of N tensors), got "
                              f"{tuple(images.shape)} and {shape}")
-        if len(mean) != images.shape[1] or len(std) != images.shape[1]:
-            raise ShapeError(f"ImageDataset: mean/std need one value per channel "
-                             f"({images.shape[1]}), got {len(mean)} and {len(std)}")
+        channels = 0 if tokens else images.shape[1]
+        if len(mean) != channels or len(std) != channels:
+            what = "token ids take no mean/std (pass ())" if tokens else (
+                f"mean/std need one value per channel ({channels})")
+            raise ShapeError(f"ImageDataset: {what}, got {len(mean)} and {len(std)}")
         self.images, self.labels = images, labels
         self.name, self.split = name, split
         self.classes = tuple(classes)
@@ -71,18 +95,48 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return not isinstance(self.images, torch.Tensor)
 
     @property
+    def tokens(self) -> bool:
+        """True for token ids (N, L): sentences, not pixels."""
+        return isinstance(self.images, torch.Tensor) and not self.images.is_floating_point()
+
+    @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     @property
     def in_channels(self) -> int:
-        return int(self.images.shape[1])
+        """Channels of an example (1 for token ids: one id per position)."""
+        return 1 if self.tokens else int(self.images.shape[1])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One example's shape: (C, H, W) for images, (C, T, H, W) for clips, (L,) for
+        token ids."""
+        return tuple(int(v) for v in self.images.shape[1:])
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of every image."""
-        c, h, w = self.images.shape[1:]
-        return int(c), int(h), int(w)
+        if len(self.shape) != 3:
+            raise ShapeError(f"{self.name} holds examples of shape {self.shape}, not images "
+                             "(C, H, W); read ds.shape")
+        c, h, w = self.shape
+        return c, h, w
+
+    def model_args(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`cnnlab.models.create` that the data decides (besides
+        ``num_classes``), JSON-ready: the trainer builds the model with them and saves them
+        with it, so that the run can rebuild it."""
+        return {} if self.tokens else {"in_channels": self.in_channels}
+
+    def prepare_model(self, model: torch.nn.Module) -> None:
+        """Initialise a fresh model from the data (word vectors into its embedding); called
+        once per run before any ``--init``, never on resumption. Images: nothing."""
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-ready facts the trained model needs at prediction time (a vocabulary), saved
+        with its weights. Images: none."""
+        return {}
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -113,19 +167,29 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             raise DataError(f"subset: cannot select those examples of {len(self)} "
                             f"({str(err).splitlines()[0]}); pass indices in 0..{len(self) - 1}, "
                             "a boolean mask of that length or a slice") from None
-        return ImageDataset(chosen, labels, name=self.name,
-                            split=self.split, classes=self.classes, mean=self.mean, std=self.std)
+        part = copy.copy(self)                  # a subclass keeps its kind and its extras
+        part.images, part.labels = chosen, labels
+        return part
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """(x - mean) / std per channel, on x's device; x is (N, C, H, W)."""
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        """(x - mean) / std per channel, on x's device; x is (N, C, ...). Token ids: x."""
+        if not self.mean:
+            return x
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(shape)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(shape)
         return (x - mean) / std
 
     def __repr__(self) -> str:
-        c, h, w = self.image_shape
-        return (f"ImageDataset({self.name!r}, split={self.split!r}, n={len(self)}, "
-                f"shape={c}x{h}x{w}, classes={self.num_classes})")
+        return (f"{type(self).__name__}({self.name!r}, split={self.split!r}, n={len(self)}, "
+                f"shape={'x'.join(map(str, self.shape))}, classes={self.num_classes})")
+
+
+def size_of(shape: Sequence[int], tokens: bool = False) -> tuple[int, ...]:
+    """What :func:`load` takes as ``size`` for examples of ``shape`` (a model's input shape):
+    (H, W) of images (C, H, W), (T, H, W) of clips (C, T, H, W), the length (L,) of token
+    ids, which have no channel."""
+    return tuple(int(v) for v in (shape if tokens else shape[1:]))
 
 
 def take_targets(targets: Targets, index: torch.Tensor | slice) -> Targets:
@@ -213,7 +277,7 @@ def _data_folder(entry: DatasetInfo, split: str, data_dir: str | os.PathLike[str
 
 def load(name: str, split: str = "train", data_dir: str | os.PathLike[str] | None = None,
          size: int | Sequence[int] | None = None, download: bool = False,
-         lazy: bool | None = None) -> ImageDataset:
+         lazy: bool | None = None, options: Mapping[str, Any] | None = None) -> ImageDataset:
     """Load a split of a data set as an :class:`ImageDataset`.
 
     ``name``: ``"digits"`` (embedded, no files needed), ``"mnist"`` or ``"fashion-mnist"``
@@ -226,12 +290,34 @@ def load(name: str, split: str = "train", data_dir: str | os.PathLike[str] | Non
     it and to boxes alone: a large folder stays on disk). ``"voc"``/``"csv"`` read images with
     boxes from ``data_dir``, a PASCAL VOC folder or a CSV data set (see :mod:`cnnlab.data.boxes`);
     ``"crops"`` the detector's training crops cut from them (see :mod:`cnnlab.apps.proposals`).
+    The names of :data:`LOADERS` read sentences (``"mr"``, ``"text"``) and clips
+    (``"video"``); ``size`` is then an example's shape without its channels (clips:
+    (T, H, W)) and ``options`` the run's data options (:data:`DATA_OPTIONS`: word vectors,
+    frame stride).
 
     >>> ds = load("digits", "test", size=32)
     >>> ds
     ImageDataset('digits', split='test', n=360, shape=1x32x32, classes=10)
     >>> image, label = ds[0]
     """
+    unknown = sorted(set(options or {}) - set(DATA_OPTIONS))
+    if unknown:
+        raise DataError(f"unknown data option(s) {', '.join(unknown)}; the data options are "
+                        f"{', '.join(DATA_OPTIONS)}")
+    if name in LOADERS:
+        if split not in SPLITS or download:
+            raise DataError(f"load({name!r}, ...) reads split 'train' or 'test' from files "
+                            f"and cannot download; got split={split!r}")
+        module, _, function = LOADERS[name].partition(":")
+        reader = getattr(importlib.import_module(module), function)
+        shape = None if size is None else (size,) if isinstance(size, int) else tuple(size)
+        ds: ImageDataset = reader(split=split, data_dir=data_dir, size=shape,
+                                  options={**DATA_OPTIONS, **(options or {})})
+        return ds
+    extra = {k: v for k, v in (options or {}).items() if v != DATA_OPTIONS[k]}
+    if extra:
+        raise DataError(f"{name} is a data set of images: it takes no "
+                        f"{', '.join('--' + k.replace('_', '-') for k in extra)}; drop it")
     if name == FOLDER:
         from cnnlab.data.folder import load_folder  # folder.py builds on this module
 

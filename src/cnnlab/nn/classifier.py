@@ -28,6 +28,8 @@ class Classifier(nn.Module):
     """
 
     default_input_shape: tuple[int, ...]
+    # what the input holds: pixels (float), or token ids (a text model sets torch.int64)
+    default_input_dtype: ClassVar[torch.dtype] = torch.float32
     # units of the output layer; None for a network without one (notation that ends in a conv)
     num_classes: int | None
     # the chapter's names for layers ("conv1", "fc7", "c3") -> module paths inside the model;

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnnlab.data import ImageDataset, load
+from cnnlab.data.datasets import size_of
 from cnnlab.errors import CnnlabError, ShapeError
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.run import CONFIG, WEIGHTS, load_run, read_config, read_metadata
@@ -20,11 +21,21 @@ class RunInfo:
     path: Path
     config: TrainConfig
     model: str                            # registry name
-    input_shape: tuple[int, int, int]     # (C, H, W) the images were sized to
+    input_shape: tuple[int, ...]          # (C, H, W) the images were sized to; (L,) ids
     mean: tuple[float, ...]               # per channel, what the inputs were normalised with
     std: tuple[float, ...]
     classes: tuple[str, ...]
     task: str = "classification"          # what it learned (the weights' metadata "task")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of a run on images; a run on sentences or clips is refused."""
+        if len(self.input_shape) != 3:
+            raise CnnlabError(f"{self.path} is a run on examples of shape "
+                              f"{'x'.join(map(str, self.input_shape))}, not on images; this "
+                              "command takes a run of an image model")
+        c, h, w = self.input_shape
+        return c, h, w
 
 
 def check_task(run: RunInfo, wanted: str, tool: str) -> None:
@@ -42,7 +53,7 @@ def run_info(run_dir: str | os.PathLike[str]) -> RunInfo:
     config = read_config(path)
     meta = read_metadata(path / WEIGHTS)
     try:
-        c, h, w = (int(v) for v in meta["input_shape"])
+        shape = tuple(int(v) for v in meta["input_shape"])
         mean = tuple(float(v) for v in meta["mean"])
         std = tuple(float(v) for v in meta["std"])
         classes = tuple(str(v) for v in meta.get("classes")
@@ -50,7 +61,7 @@ def run_info(run_dir: str | os.PathLike[str]) -> RunInfo:
     except (KeyError, TypeError, ValueError):
         raise CnnlabError(f"{path / WEIGHTS} lacks the trainer's metadata (input_shape, mean, "
                           "std, num_classes); train the run again with `cnnlab train`") from None
-    return RunInfo(path, config, str(meta.get("model", config.model)), (c, h, w), mean, std,
+    return RunInfo(path, config, str(meta.get("model", config.model)), shape, mean, std,
                    classes, str(meta.get("task", "classification")))
 
 
@@ -63,8 +74,10 @@ def run_data(run: RunInfo, data: str | None = None, data_dir: str | None = None,
     name = data or run.config.data
     if data_dir is None and name == run.config.data:
         data_dir = run.config.data_dir
-    c, h, w = run.input_shape
-    ds = load(name, split, data_dir, size=(h, w))
+    tokens = not run.mean                         # token ids take no statistics
+    ds = load(name, split, data_dir, size=size_of(run.input_shape, tokens),
+              options=run.config.data_options() if name == run.config.data else None)
+    c = 1 if tokens else run.input_shape[0]
     if ds.in_channels != c:
         raise ShapeError(f"the run's model takes {c}-channel images but {name} has "
                          f"{ds.in_channels}; use a {c}-channel data set")

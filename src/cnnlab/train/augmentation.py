@@ -94,6 +94,11 @@ def build(text: str, train: ImageDataset) -> Compose | None:
     ``pca`` fits :class:`PCALighting` on up to 4,096 of the training images (evenly spaced,
     so no randomness is spent): plenty for a 3x3 covariance.
     """
+    if text == "none":
+        return None
+    if len(train.shape) != 3:
+        raise CnnlabError(f"augment={text!r} transforms images, but {train.name} holds examples "
+                          f"of shape {'x'.join(map(str, train.shape))}; use --augment none")
     _, h, w = train.image_shape
     if text == "auto":
         auto = default_augmentation(train.name, (h, w)) if _has_default(train.name) else None

@@ -30,7 +30,10 @@ PREFETCH = 4                      # batches each DataLoader worker prepares ahea
 
 
 def normalizer(mean: Sequence[float], std: Sequence[float], device: torch.device) -> Normalize:
-    """x -> (x - mean) / std per channel, for (N, C, ...) batches on ``device``."""
+    """x -> (x - mean) / std per channel, for (N, C, ...) batches on ``device``; the
+    identity without statistics (token ids)."""
+    if not mean:
+        return lambda x: x
     m = torch.tensor(mean, dtype=torch.float32, device=device)
     s = torch.tensor(std, dtype=torch.float32, device=device)
 

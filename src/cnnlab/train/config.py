@@ -16,7 +16,7 @@ from dataclasses import InitVar, dataclass
 from typing import Any
 
 from cnnlab import data as _data
-from cnnlab.data.datasets import BOX_FORMATS, CROPS, FOLDER
+from cnnlab.data.datasets import BOX_FORMATS, CROPS, DATA_OPTIONS, FOLDER, LOADERS
 from cnnlab.errors import CnnlabError, ConfigError
 
 KERNELS = ("native", "reference")
@@ -27,7 +27,8 @@ LOSSES = ("auto", "mse", "l1", "bce")
 # auto: the one the model declares (classification, or an autoencoder's reconstruction)
 TASKS = {"auto": None, "classify": "classification", "reconstruct": "reconstruction",
          "localize": "localization"}
-DATA = (*_data.names(), FOLDER, *BOX_FORMATS, CROPS)   # the registry's, folders, boxes, crops
+# the registry's, folders, boxes, crops, and sentences and clips
+DATA = (*_data.names(), FOLDER, *BOX_FORMATS, CROPS, *LOADERS)
 OUT = "runs/{model}-{data}"                      # where a run goes when ``out`` is not given
 COMMAND_LINE = "command line"                    # the ``source`` of values from `cnnlab train`
 
@@ -92,7 +93,8 @@ class TrainConfig:
     data: str = _setting("digits", f"data set; {FOLDER}: ROOT/train/<class>/ and "
                          f"ROOT/test/<class>/ given as --data-dir ROOT; {', '.join(BOX_FORMATS)}: "
                          "images with boxes, a VOC folder or ROOT/train.csv, test.csv (`cnnlab "
-                         f"make-data`); {CROPS}: a detector's crops of those (R-CNN)",
+                         f"make-data`); {CROPS}: a detector's crops of those (R-CNN); mr: sentence polarity; "
+                         "text, video: ROOT/<class>/ files of text or video (8.6.4-8.6.5)",
                          choices=DATA)
     data_dir: str | None = _setting(
         None, "folder with the data files; default: $CNNLAB_DATA, else the per-user cache",
@@ -176,6 +178,18 @@ class TrainConfig:
     denoise: float = _setting(0.0, "denoising autoencoder: Gaussian noise of this std (in "
                               "[0, 1] pixels) on the input, the clean image as target; 0: off",
                               "a number >= 0 (0: no noise)", lambda v: v >= 0, metavar="SIGMA")
+    # -- sentences and clips (8.6.4-8.6.5): the data options (cnnlab.data.DATA_OPTIONS)
+    vectors: str | None = _setting(DATA_OPTIONS["vectors"], "word vectors for a text model's "
+                                   "embedding: a word2vec .bin, a GloVe or fastText .txt/.vec "
+                                   "file, or glove-6b-50d (the optional extra cnnlab[glove])",
+                                   "a vectors file or glove-6b-50d", _path_or_none,
+                                   metavar="PATH")
+    frame_stride: int = _setting(DATA_OPTIONS["frame_stride"], "take every this many frames of "
+                                 "a video for a clip", "a positive int", lambda v: v >= 1)
+    # -- several runs of this setting in one folder (cnnlab.train.series)
+    folds: int = _setting(1, "k-fold cross-validation: train and test splits joined, split into "
+                          "this many stratified folds, one run each; 1: the data set's own split",
+                          "a positive int (1: no cross-validation)", lambda v: v >= 1)
     # -- outputs beside metrics.jsonl
     tensorboard: bool = _setting(True, "TensorBoard events in RUN/tensorboard/")
     plots: bool = _setting(True, "RUN/curves.png and RUN/confusion.png at the end")
@@ -219,6 +233,10 @@ class TrainConfig:
             raise refuse(f"warmup_epochs={self.warmup_epochs} must be less than "
                          f"epochs={self.epochs}; lower --warmup-epochs", "warmup_epochs",
                          "epochs")
+
+    def data_options(self) -> dict[str, Any]:
+        """The options that :func:`cnnlab.data.load` passes to a reader of sentences or clips."""
+        return {name: getattr(self, name) for name in DATA_OPTIONS}
 
     def default_out(self) -> str:
         """The run folder a run gets when ``out`` is not given (``runs/<model>-<data>``)."""

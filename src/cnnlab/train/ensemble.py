@@ -55,6 +55,11 @@ def test_views(tta: str, image_shape: Sequence[int], crop_padding: int | None = 
     """The test-time views ``tta`` of batches of images of ``image_shape`` (C, H, W), each a
     batch of that shape (see the module's notes)."""
     _check_tta(tta)
+    if tta == "none":
+        return lambda x: [x]
+    if len(image_shape) != 3:
+        raise CnnlabError(f"test-time views (--tta {tta}) are views of images, not of examples "
+                          f"of shape {'x'.join(map(str, image_shape))}; drop --tta")
     h, w = image_shape[1:]
     pad = default_crop_padding(h) if crop_padding is None else crop_padding
     if isinstance(pad, bool) or not isinstance(pad, int) or pad < 1:
@@ -81,7 +86,7 @@ def predict_proba(model: nn.Module, dataset: ImageDataset, *, tta: Tta = "none",
         raise CnnlabError(f"predict_proba gives class probabilities, but "
                           f"{type(model).__name__} is a {task_name(model)} model; evaluate it "
                           "with evaluate(model, dataset)")
-    views = test_views(tta, dataset.image_shape, crop_padding)
+    views = test_views(tta, dataset.shape, crop_padding)
     member = Member(model, Classification(model, dataset.num_classes),
                     dataset.mean if mean is None else mean, dataset.std if std is None else std)
     result = evaluate_members([member], dataset, batch_size, views=views, progress=progress,
@@ -126,7 +131,7 @@ def evaluate_ensemble(run_dirs: Sequence[str | os.PathLike[str]], data: str | No
         raise CnnlabError(f"test-time views (--tta {tta}) average class probabilities, but "
                           f"{first.path} is a {first.task} run; drop --tta")
     ds = run_data(first, data, data_dir, split)
-    views = test_views(tta, ds.image_shape, crop_padding)
+    views = test_views(tta, ds.shape, crop_padding)
     device = resolve_device("auto")
     members = []
     for run in runs:

@@ -31,6 +31,7 @@ import cnnlab
 from cnnlab import ops
 from cnnlab.data import ImageDataset, load
 from cnnlab.data.augment import Compose
+from cnnlab.data.datasets import size_of
 from cnnlab.errors import CnnlabError, ModelError, ShapeError
 from cnnlab.ops import KernelName
 from cnnlab.train import augmentation, checkpoint, distributed, optim
@@ -154,6 +155,7 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
     forward = model if r.forward is None else r.forward
     params = [p for g in optimizer.param_groups for p in g["params"]]
     ctx = batches.context
+    constrain = getattr(model, "constrain", None)
     model.train()
     for x, y in batches.iterate(t.step):
         if r.lr_at is not None:
@@ -188,6 +190,8 @@ def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.O
             if r.clip_grad_norm:
                 nn.utils.clip_grad_norm_(params, r.clip_grad_norm)
             optimizer.step()
+        if constrain is not None:
+            constrain()                   # e.g. max-norm on the output weights (8.6.4)
         t.n += n
         t.step += 1
         t.global_step += 1
@@ -296,15 +300,23 @@ def _fmt(v: float) -> str:
     return f"{v:.4f}"
 
 
-def _input_size(config: TrainConfig, model: nn.Module | None) -> tuple[int, int] | None:
-    """(H, W) the model wants: its ``default_input_shape``, or the registry's."""
+def _input_size(config: TrainConfig, model: nn.Module | None) -> tuple[int, ...] | None:
+    """The size the model wants its data loaded at (:func:`~cnnlab.data.datasets.size_of`
+    its ``default_input_shape``, or the registry's): (H, W) of images, (T, H, W) of clips,
+    (L,) of sentences."""
     if model is None:
         from cnnlab import models
 
-        shape: Sequence[int] | None = models.info(config.model).input_shape
+        built: nn.Module = models.info(config.model).meta_model
     else:
-        shape = getattr(model, "default_input_shape", None)
-    return (int(shape[1]), int(shape[2])) if shape is not None else None
+        built = model
+    shape: Sequence[int] | None = getattr(built, "default_input_shape", None)
+    return None if shape is None else size_of(shape, _takes_ids(built))
+
+
+def _takes_ids(model: nn.Module) -> bool:
+    """True for a model whose input is token ids (a text model), not pixels."""
+    return not getattr(model, "default_input_dtype", torch.float32).is_floating_point
 
 
 def train(config: TrainConfig, model: nn.Module | None = None, *, task: Task | None = None,
@@ -362,8 +374,9 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, task: Task | N
             checkpoint.check_resume(saved, config, int(state["epoch"]), int(state["step"]))
         if datasets is None:
             size = _input_size(config, model)
-            train_ds = load(config.data, "train", config.data_dir, size=size)
-            test_ds = load(config.data, "test", config.data_dir, size=size)
+            options = config.data_options()
+            train_ds = load(config.data, "train", config.data_dir, size=size, options=options)
+            test_ds = load(config.data, "test", config.data_dir, size=size, options=options)
         else:
             train_ds, test_ds = datasets
         _warn_batch_size(config, train_ds, ctx)
@@ -378,9 +391,11 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, task: Task | N
                     from cnnlab import models
 
                     model = models.create(config.model, num_classes=train_ds.num_classes,
-                                          in_channels=train_ds.in_channels)
+                                          **train_ds.model_args())
                 model = adapt(model, config)     # --task: e.g. a classifier gets a box head
                 _check_fits(model, train_ds)
+                if state is None:
+                    train_ds.prepare_model(model)   # e.g. word vectors into the embedding
                 transferred = _transfer(model, config, fresh=state is None)
                 if transferred is not None and progress and ctx.is_main:
                     tqdm.write(transferred.summary())
@@ -406,10 +421,11 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, task: Task | N
                 # and its resumption (no epoch left) evaluates once and writes both
                 if run.writer:
                     task.write_outputs(run.path, sums, run.records, config.plots)
-                c, h, w = train_ds.image_shape
                 run.save_model(model, {
                     "model": config.model, "data": config.data, "task": task.name,
-                    "num_classes": train_ds.num_classes, "in_channels": c, "input_shape": [c, h, w],
+                    "num_classes": train_ds.num_classes, "in_channels": train_ds.in_channels,
+                    "input_shape": list(train_ds.shape), "model_args": train_ds.model_args(),
+                    "data_metadata": train_ds.metadata(),
                     "classes": list(train_ds.classes), "mean": list(train_ds.mean),
                     "std": list(train_ds.std), "epochs": config.epochs,
                     "cnnlab_version": cnnlab.__version__})
@@ -511,6 +527,13 @@ def _transfer(model: nn.Module, config: TrainConfig, fresh: bool) -> TransferRep
 
 
 def _check_fits(model: nn.Module, ds: ImageDataset) -> None:
+    if _takes_ids(model) != ds.tokens:
+        wants, has = ("token ids", "pixels") if ds.tokens is False else ("pixels", "token ids")
+        raise ShapeError(f"the model {type(model).__name__} takes {wants} but {ds.name} holds "
+                         f"{has}; train a {'text' if ds.tokens else 'image'} model on it "
+                         "(see `cnnlab models`)")
+    if ds.tokens:
+        return
     shape = getattr(model, "default_input_shape", None)
     if shape is not None and int(shape[0]) != ds.in_channels:
         raise ShapeError(f"the model takes {shape[0]}-channel images but {ds.name} has "

@@ -461,13 +461,15 @@ def load_run(run_dir: str | os.PathLike[str], model: nn.Module | None = None
         from cnnlab import models
 
         try:
-            num_classes, in_channels = int(meta["num_classes"]), int(meta["in_channels"])
+            num_classes = int(meta["num_classes"])
+            # what the data decided of the model (older runs: the channel count alone)
+            model_args = dict(meta.get("model_args") or {"in_channels": int(meta["in_channels"])})
         except (KeyError, TypeError, ValueError):
             raise CnnlabError(f"{run / WEIGHTS} lacks the trainer's metadata (num_classes, "
                               "in_channels); pass the model: load_run(run, model=...)") from None
         from cnnlab.train.tasks import adapt  # it builds on this module's neighbours
 
-        built = models.create(config.model, num_classes=num_classes, in_channels=in_channels)
+        built = models.create(config.model, num_classes=num_classes, **model_args)
         # the input it was trained at, which may differ from the builder's default (an
         # autoencoder or a fully convolutional net trained on other sizes)
         shape = meta.get("input_shape")

@@ -445,7 +445,7 @@ def _images(job: Job) -> Images:
 
     args, info = job.args, job.info
     if args.images:
-        pixels = read_images(args.images, info.input_shape)
+        pixels = read_images(args.images, info.image_shape)
         names = [Path(p).name for p in args.images]
         job.settings["images"] = ", ".join(names)
     else:
