@@ -17,12 +17,7 @@ from cnnlab.spec import build
 TIGHT = {"rtol": 1e-10, "atol": 1e-12}      # float64: only the order of the sums differs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def _model(name_or_net, seed=0):

@@ -23,13 +23,7 @@ from cnnlab.train import TrainConfig, load_run, train
 from cnnlab.train.tasks import adapt, task_for
 from cnnlab.train.transfer import load_pretrained
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def squares(n, seed, side=32):

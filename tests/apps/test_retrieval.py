@@ -34,12 +34,7 @@ from cnnlab.train.run import read_metadata
 pytest.importorskip("faiss")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 def _train(out, model="lenet5_modern", seed=0):

@@ -7,12 +7,9 @@ from cnnlab import models
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the machine is shared and float64 comparisons are exact enough."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread_each_module(one_thread):
+    """One torch thread (tests/conftest.py): the machine is shared and float64 comparisons
+    are exact enough."""
 
 
 def _build(name, seed=0):

@@ -18,12 +18,6 @@ from cnnlab.visualize.synthesis import input_range, synthesize, to_pixels
 PLAIN = {"noise": 0.0, "jitter": 0, "blur": 0.0, "clip": None, "parameterization": "pixel"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class LinearScore(nn.Module):

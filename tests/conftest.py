@@ -1,4 +1,4 @@
-"""Fixtures shared by the trainer's tests."""
+"""Fixtures shared by the whole suite."""
 
 import pytest
 import torch
