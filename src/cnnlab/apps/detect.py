@@ -275,22 +275,18 @@ def read_image(path: str | os.PathLike[str], channels: int) -> torch.Tensor:
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
+    from cnnlab.data.folder import check_channels
+
     where = str(path)
     try:
         with Image.open(path) as img:
             img.load()
-            grey = img.mode in ("1", "L", "LA", "I;16", "I;16B", "I;16L", "I")
-            found = 1 if grey else 3
-            if found != channels:
-                kind = {1: "grey (1 channel)", 3: "colour (3 channels)"}
-                raise ShapeError(f"image {where!r} is {kind[found]} ({img.mode}) but the run "
-                                 f"takes {kind.get(channels, f'{channels}-channel')} images; "
-                                 f"convert it (e.g. Pillow's "
-                                 f".convert({'L' if channels == 1 else 'RGB'!r}))")
+            check_channels(img, where, channels)
             if img.mode.startswith("I"):
                 a = np.asarray(img, dtype=np.float64) / 65535.0
             else:
-                a = np.asarray(img.convert("L" if grey else "RGB"), dtype=np.float64) / 255.0
+                a = np.asarray(img.convert("L" if channels == 1 else "RGB"),
+                               dtype=np.float64) / 255.0
     except FileNotFoundError:
         raise CnnlabError(f"image {where!r} does not exist; check the path") from None
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:

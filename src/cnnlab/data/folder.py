@@ -31,12 +31,23 @@ from PIL import Image
 
 from cnnlab.data.datasets import SPLITS, ImageDataset, as_size
 from cnnlab.data.files import as_path, kind
-from cnnlab.errors import DataError
+from cnnlab.errors import DataError, ShapeError
 
 SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                       ".ppm", ".pgm", ".pbm"})
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 MODES = ("RGB", "L")
+
+
+def check_channels(img: Image.Image, where: str, channels: int) -> None:
+    """Refuse an opened image whose kind (grey or colour) is not the ``channels`` a run's
+    model takes, naming the file and the conversion that fixes it."""
+    found = 1 if img.mode in GREY_MODES else 3
+    if found != channels:
+        kind = {1: "grey (1 channel)", 3: "colour (3 channels)"}
+        raise ShapeError(f"image {where!r} is {kind[found]} ({img.mode}) but the run's model "
+                         f"takes {kind.get(channels, f'{channels}-channel')} images; convert it "
+                         f"(e.g. Pillow's .convert({'L' if channels == 1 else 'RGB'!r}))")
 
 
 def _is_image(p: Path) -> bool:

@@ -419,21 +419,17 @@ def read_images(paths: Sequence[str | os.PathLike[str]], shape: tuple[int, int, 
 def _as_pixels(img: Any, where: str, shape: tuple[int, int, int]) -> torch.Tensor:
     import numpy as np
 
+    from cnnlab.data.folder import check_channels
+
     c, h, w = shape
-    grey = img.mode in ("1", "L", "LA", "I;16", "I;16B", "I;16L", "I")
-    channels = 1 if grey else 3
-    if channels != c:
-        kind = {1: "grey (1 channel)", 3: "colour (3 channels)"}
-        raise ShapeError(f"image {where!r} is {kind[channels]} ({img.mode}) but the run's "
-                         f"model takes {kind.get(c, f'{c}-channel')} images; convert it "
-                         f"(e.g. Pillow's .convert({'L' if c == 1 else 'RGB'!r}))")
+    check_channels(img, where, c)
     if (img.height, img.width) != (h, w):
         raise ShapeError(f"image {where!r} is {img.height} x {img.width} (H x W) but the "
                          f"run's model takes {h} x {w} images; resize it to {h} x {w} first")
     if img.mode.startswith("I"):                           # 16-bit grey
         a = np.asarray(img, dtype=np.float64) / 65535.0
     else:
-        a = np.asarray(img.convert("L" if grey else "RGB"), dtype=np.float64) / 255.0
+        a = np.asarray(img.convert("L" if c == 1 else "RGB"), dtype=np.float64) / 255.0
     t = torch.from_numpy(a.reshape(h, w, -1).copy()).permute(2, 0, 1).float()
     return t.clamp(0.0, 1.0)                               # C x H x W
 
