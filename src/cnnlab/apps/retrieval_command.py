@@ -318,8 +318,7 @@ def _framed(image: torch.Tensor, colour: tuple[float, float, float] | None) -> t
 def _draw(index: Any, queries: _Query, result: dict[str, Any], args: argparse.Namespace) -> None:
     from cnnlab.apps.retrieval import index_run_info
     from cnnlab.train._runs import run_data
-    from cnnlab.train.run import write_text
-    from cnnlab.visualize.command import _staging
+    from cnnlab.train.run import staged_folder, write_text
     from cnnlab.visualize.pictures import save_grid
 
     desc = index.description
@@ -336,7 +335,7 @@ def _draw(index: Any, queries: _Query, result: dict[str, Any], args: argparse.Na
              f"{desc['split']}" + ("; green: same class, red: another"
                                    if any(q is not None for q in queries.labels) else ""))
     out = Path(args.out)
-    with _staging(out) as folder:
+    with staged_folder(out, "the pages", merge=True) as folder:
         for page, start in enumerate(range(0, len(queries.names), PAGE_ROWS), 1):
             cells, captions, labels = [], [], []
             for q in range(start, min(start + PAGE_ROWS, len(queries.names))):

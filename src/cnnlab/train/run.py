@@ -18,13 +18,15 @@ replaced, and everything else in it stays.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import json
 import os
 import re
 import secrets
-from collections.abc import Callable, Mapping
+import shutil
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -85,6 +87,44 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path, what: str, *, merge: bool = False) -> Iterator[Path]:
+    """A new temporary folder beside ``out`` to fill with ``what`` (e.g. "the pictures"): on
+    success it becomes ``out`` in one rename, so a reader sees all of it or none; on any error
+    or interruption it is removed, with the parent folders made for it. ``out`` must not
+    exist, or be an empty folder; ``merge``: an existing ``out`` gets the new files one by one
+    (each replaced atomically), and keeps its others."""
+    parent = out.parent
+    made = [p for p in (parent, *parent.parents) if not p.exists()]
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        folder = parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
+        folder.mkdir()
+    except OSError as err:
+        raise storage_error(f"cannot create a folder for {what} beside {str(out)!r}", err,
+                            ", or pick another --out") from None
+    try:
+        yield folder
+        try:
+            if hasattr(os, "sync"):     # every file on disk before the rename shows them: one
+                os.sync()               # call, where an fsync per file took 5x the writing
+            if merge and out.is_dir() and any(out.iterdir()):
+                for f in sorted(folder.iterdir()):
+                    os.replace(f, out / f.name)
+                folder.rmdir()
+            else:
+                folder.rename(out)      # atomic; replaces only an empty folder
+        except OSError as err:
+            raise storage_error(f"cannot move {what} into {str(out)!r}", err,
+                                " (was something written there meanwhile?)") from None
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        for p in made:                  # deepest first; only empty ones
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
 
 
 def write_text(path: Path, text: str) -> None:

@@ -14,14 +14,11 @@ The CLI wires it in with ``add_parser(subparsers)``; ``run(args)`` does the work
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
-import secrets
-import shutil
 import textwrap
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,7 +197,9 @@ def run(args: argparse.Namespace) -> int:
         typing.cast(Any, model).default_input_shape = info.input_shape
     job = Job(info, model, info.task, args.method, args)
     draw = DRAW[args.method]
-    with ops.kernels(args.kernel), _staging(out) as folder:
+    from cnnlab.train.run import staged_folder
+
+    with ops.kernels(args.kernel), staged_folder(out, "the pictures", merge=True) as folder:
         pictures = draw(job, folder)
         facts = _facts(job)
         write_report(folder / INDEX, f"{args.method}: {info.path.name} ({info.model})",
@@ -251,46 +250,6 @@ def _check_options(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise CnnlabError(f"--{name.replace('_', '-')} {value}: give a positive number")
-
-
-@contextlib.contextmanager
-def _staging(out: Path) -> Iterator[Path]:
-    """A temporary folder beside ``out`` to draw into; on success its files move into ``out``
-    (a rename when ``out`` is new), on error it is removed with the folders made for it."""
-    parent = out.parent
-    made = [p for p in (parent, *parent.parents) if not p.exists()]
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        folder = parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
-        folder.mkdir()
-    except OSError as err:
-        from cnnlab.train.run import storage_error
-
-        raise storage_error(f"cannot create a folder for the pictures in {str(parent)!r}",
-                            err, ", or pick another --out") from None
-    try:
-        yield folder
-        _publish(folder, out)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        for p in made:                              # deepest first; only empty ones
-            with contextlib.suppress(OSError):
-                p.rmdir()
-        raise
-
-
-def _publish(folder: Path, out: Path) -> None:
-    from cnnlab.train.run import storage_error
-
-    try:
-        if not out.exists():
-            folder.rename(out)                      # atomic: all the pictures at once
-            return
-        for f in sorted(folder.iterdir()):
-            os.replace(f, out / f.name)
-        folder.rmdir()
-    except OSError as err:
-        raise storage_error(f"cannot move the pictures into {str(out)!r}", err) from None
 
 
 def _facts(job: Job) -> dict[str, object]:
