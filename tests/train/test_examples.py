@@ -85,6 +85,17 @@ def test_a_subset_keeps_the_kind_of_data_set():
     assert torch.equal(part.images, ids.images[:5]) and len(ids) == 40
 
 
+def test_two_splits_join_as_one_data_set_of_their_kind():
+    train, test = _sentences("train"), _sentences("test", n=10)
+    both = train.join(test)
+    assert type(both) is Sentences and len(both) == 50 and both.metadata() == train.metadata()
+    assert torch.equal(both.images[40:], test.images) and torch.equal(both.labels[:40],
+                                                                      train.labels)
+    digits = load("digits", "test")
+    with pytest.raises(ShapeError, match="cannot join"):
+        train.join(digits)
+
+
 def test_data_options_reach_only_the_readers_that_take_them():
     with pytest.raises(DataError, match="unknown data option"):
         load("digits", "test", options={"color": 1})

@@ -171,6 +171,24 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         part.images, part.labels = chosen, labels
         return part
 
+    def join(self, other: ImageDataset) -> ImageDataset:
+        """This data set's examples followed by ``other``'s (its test split, for
+        cross-validation), as this data set's kind, with this one's statistics. Both must
+        hold examples of one shape and the same classes; lazy folders are read first."""
+        if other.shape != self.shape or other.classes != self.classes:
+            raise ShapeError(f"cannot join {other!r} to {self!r}: they differ in example shape "
+                             "or classes; join two splits of one data set")
+        images = [d.images if isinstance(d.images, torch.Tensor)
+                  else d.images[torch.arange(len(d))] for d in (self, other)]
+        if isinstance(self.labels, torch.Tensor) and isinstance(other.labels, torch.Tensor):
+            labels: Targets = torch.cat([self.labels, other.labels])
+        else:
+            labels = [*take_targets(self.labels, torch.arange(len(self))),
+                      *take_targets(other.labels, torch.arange(len(other)))]
+        both = copy.copy(self)
+        both.images, both.labels = torch.cat(images), labels
+        return both
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """(x - mean) / std per channel, on x's device; x is (N, C, ...). Token ids: x."""
         if not self.mean:
