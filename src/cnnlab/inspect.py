@@ -253,6 +253,11 @@ def _next_field(m: nn.Module, x: torch.Tensor | None, y: torch.Tensor,
     needing exact windows (top-k crops) to refuse the layer.
     """
     dims = y.dim() - 2
+    if field_in is not None and len(field_in[0]) == dims + 1 and x is not None \
+            and x.dim() == y.dim():
+        # frames of a clip folded into the batch (N·T, C, H, W), a 2-D CNN on each: the field
+        # within a frame, which is one frame in time
+        field_in = (field_in[0][1:], field_in[1][1:], field_in[2][1:])
     if dims < 1 or field_in is None or x is None or len(field_in[0]) != dims \
             or x.dim() != y.dim():
         return None
@@ -281,6 +286,12 @@ def _next_field(m: nn.Module, x: torch.Tensor | None, y: torch.Tensor,
 
 def _macs(m: nn.Module, x: torch.Tensor | None, y: torch.Tensor, n: int) -> int:
     """Multiply-accumulates per example (biases and pooling not counted)."""
+    if isinstance(m, nn.RNNBase) and x is not None and x.dim() == 3:
+        # each step multiplies every weight matrix once (input-to-hidden, hidden-to-hidden,
+        # per layer and direction; an LSTM's hold its 4 gates, a GRU's 3)
+        steps = x.shape[1] if m.batch_first else x.shape[0]
+        return steps * sum(p.numel() for name, p in m.named_parameters()
+                           if name.startswith("weight_"))
     transposed = _transposed_filter(m)
     if transposed is not None and x is not None:   # each input times its C_out/groups x kernel
         return x.numel() // n * math.prod(transposed.shape[1:])
@@ -375,9 +386,13 @@ def check_size(what: str, params: int, memory: int,
 
 
 def summarize(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
-              dtype: torch.dtype = torch.float32) -> Summary:
+              dtype: torch.dtype | None = None) -> Summary:
     """Run one forward pass of zeros of shape (batch_size, *input_shape) through ``model`` (in
     eval mode, without gradients; the training flags are restored) and tabulate each layer.
+    ``dtype``: the input's, by default the model's ``default_input_dtype`` (token ids of a text
+    model: zeros are the padding), else float32. ``input_shape`` is (C, H, W) for images,
+    (C, L) for sequences, (C, T, H, W) for clips (receptive fields then read T×H×W), (L,) for
+    token ids.
 
     Rows are the leaf modules and any module that owns parameters or buffers directly
     (PartialConv2d, Subsampling, RBF), in the order they run; a module run twice gets two rows.
@@ -408,9 +423,12 @@ def summarize(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1,
                          "a kernel takes; give a smaller input")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ShapeError(f"batch_size must be a positive int, got {batch_size!r}")
+    if dtype is None:
+        dtype = getattr(model, "default_input_dtype", torch.float32)
     param = next(model.parameters(), None)
     device = param.device if param is not None else None    # None: the default device
-    if param is not None and param.is_floating_point() and param.dtype != dtype:
+    if param is not None and param.is_floating_point() and dtype.is_floating_point \
+            and param.dtype != dtype:
         raise ShapeError(f"dtype={dtype} does not match the model's parameters ({param.dtype}); "
                          f"pass dtype={param.dtype} or convert the model with model.to({dtype})")
 

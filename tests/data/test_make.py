@@ -155,9 +155,9 @@ def test_the_command_lists_the_names_and_writes_a_set(tmp_path, capsys):
     out = capsys.readouterr().out
     assert exit_.value.code == 0
     lines = out.splitlines()
-    for name, row in GENERATORS.items():             # one line each, with the canvas size
-        assert any(line.split()[:1] == [name] and f"on {row.canvas.size}x{row.canvas.size}, "
-                   in line for line in lines)
+    for name, row in GENERATORS.items():             # one line each, with the frame size
+        side = (row.canvas or row.motion).size
+        assert any(line.split()[:1] == [name] and f" {side}x{side}" in line for line in lines)
     assert "one MNIST digit (20-40 px) on 64x64" in out and "fragments; 5,000 + 1,000" in out
     code = main(["make-data", "digits-single", "--out", str(tmp_path / "s"), "--train", "3",
                  "--test", "2", "--format", "csv", "--quiet"])

@@ -22,6 +22,26 @@ the seed, the split and i alone: the same seed gives the same bytes, and a large
 only adds images. Everything is written into a temporary folder beside ``--out``, which is
 renamed to ``--out`` at the end; an ``--out`` that holds anything is refused.
 
+The clip rows (8.6.5) write videos: ``moving-mnist`` moves one MNIST digit through a 64x64
+frame for 20 frames (Srivastava et al.'s Moving MNIST, with one digit), ``moving-digits`` one
+8x8 digit scaled to 16 px through 32x32 (no files needed). The digit bounces off the edges
+along one of four paths (:data:`DIRECTIONS`: horizontal, shallow, steep, vertical: the
+velocity's absolute components in pixels per frame, which a bounce keeps; the signs and
+the start are random). The clips carry two label sets, laid out as two video folders
+(:mod:`cnnlab.data.video`) of the same files, so that both go through the user's path::
+
+    OUT/digit/train/<0-9>/train-NNNNNN.mkv        the digit: appearance alone decides
+    OUT/direction/train/<path>/train-NNNNNN.mkv   the path: motion alone decides (hard links)
+    OUT/digit/test/..., OUT/direction/test/..., OUT/clips.csv (every clip's labels and motion)
+
+Clip i has digit i mod 10 and path (i div 10) mod 4, so every 40 clips hold each pair once:
+the digit does not predict the path. The start is uniform over the frame and the signs of the
+velocity are equally likely, a distribution the bouncing keeps (each step is a permutation of
+the positions and signs), so every single frame is distributed alike whatever the path: only
+motion tells the paths apart. The videos are FFV1 in Matroska (lossless, bit-exact):
+``load("video", split, data_dir="OUT/direction", size=(16, 64, 64))`` reads back the frames
+exactly.
+
 >>> make_data("digits-single", "digits-boxes", seed=1, train=100, test=20)  # doctest: +SKIP
 >>> load("voc", "train", data_dir="digits-boxes", size=32).labels[0]        # doctest: +SKIP
 """
@@ -48,10 +68,12 @@ from tqdm.auto import tqdm
 from cnnlab.data.boxes import IMAGES, BoxRecord, write_boxes
 from cnnlab.data.datasets import BOX_FORMATS, FOLDER, SPLITS, ImageDataset, load
 from cnnlab.data.files import kind
+from cnnlab.data.video import encode_clip
 from cnnlab.errors import CnnlabError, DataError
 
-__all__ = ["GENERATORS", "INK", "MAX_COVER", "Canvas", "Drawn", "Generator", "Request",
-           "add_parser", "canvases", "make_data", "names"]
+__all__ = ["DIRECTIONS", "GENERATORS", "INK", "LABEL_SETS", "MAX_COVER", "Canvas", "Clip",
+           "Drawn", "Generator", "Motion", "Request", "add_parser", "canvases", "clips",
+           "make_data", "names"]
 
 INK = 64              # uint8 level above which a grey object's pixel is ink (its box's extent)
 MAX_COVER = 0.5       # most of an object's box that may lie inside another object's box
@@ -91,6 +113,29 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
+# the clip rows' paths: name -> (|vx|, |vy|) in pixels per frame, which bouncing keeps
+DIRECTIONS: Mapping[str, tuple[int, int]] = {
+    "horizontal": (2, 0), "shallow": (2, 1), "steep": (1, 2), "vertical": (0, 2)}
+LABEL_SETS = ("digit", "direction")   # OUT/<label set>/<split>/<class>/ of the clip rows
+CLIP_FORMATS = ("mkv",)               # FFV1 in Matroska
+CLIPS_CSV = "clips.csv"
+
+
+@dataclass(frozen=True)
+class Motion:
+    """How the clips of a clip row are drawn: one grey object moving through a black frame."""
+
+    source: str                  # the data set the objects come from (cnnlab.data.load)
+    size: int                    # frame side, pixels (square)
+    side: int                    # the object's side in the frame
+    frames: int                  # frames per video
+
+    def describe(self) -> str:
+        one, _ = NOUNS.get(self.source, (self.source, self.source))
+        return (f"one {one} ({self.side} px) bouncing in {self.size}x{self.size} for "
+                f"{self.frames} frames along {len(DIRECTIONS)} paths")
+
+
 @dataclass(frozen=True)
 class Request:
     """What to write: counts per split, seed, format, the source's data folder."""
@@ -114,11 +159,13 @@ class Generator:
     write: Callable[[Generator, Request], None]
     formats: tuple[str, ...] = BOX_FORMATS  # --format choices, the first the default
     canvas: Canvas | None = None            # the boxes rows' drawing
-    about: str = ""                         # what a row without a canvas writes, for --help
+    motion: Motion | None = None            # the clip rows' drawing
+    about: str = ""                         # what another row writes, for --help
 
     @property
     def summary(self) -> str:
-        what = self.canvas.describe() if self.canvas else self.about
+        what = self.canvas.describe() if self.canvas else self.motion.describe() \
+            if self.motion else self.about
         return f"{what}; {self.train:,} + {self.test:,}"
 
 
@@ -262,6 +309,84 @@ def canvases(what: str | Canvas, split: str = "train", n: int = 1, seed: int = 0
     return (_draw(canvas, pool, _rng(seed, split, i)) for i in range(n))
 
 
+class Clip(NamedTuple):
+    """One clip: frames (T, H, W) uint8, its digit (the source's class id) and path (an index
+    of :data:`DIRECTIONS`), the object's top-left corner per frame (T, 2) as (x, y), and its
+    velocity (vx, vy) at the start, pixels per frame (y down)."""
+
+    frames: np.ndarray
+    digit: int
+    direction: int
+    positions: np.ndarray
+    velocity: tuple[int, int]
+
+
+class _ByClass:
+    """A grey source's images, (h, w) uint8 at the clip row's side, drawn by class."""
+
+    def __init__(self, pool: _Pool, side: int) -> None:
+        if pool.channels != 1:
+            raise DataError(f"clips move grey objects; {pool.ds.name} has {pool.channels} "
+                            "channels")
+        self.pool, self.side, self.classes = pool, side, pool.classes
+        labels = np.asarray(pool.labels)
+        self.members = [np.flatnonzero(labels == c) for c in range(len(pool.classes))]
+        empty = [pool.classes[c] for c, m in enumerate(self.members) if not len(m)]
+        if empty:
+            raise DataError(f"the {pool.ds.name} {pool.ds.split} split has no image of class "
+                            f"{empty[0]}; fix the source")
+
+    def image(self, label: int, rng: np.random.Generator) -> np.ndarray:
+        i = int(self.members[label][int(rng.integers(len(self.members[label])))])
+        scaled = self.pool.image(i)
+        if scaled.shape[0] != self.side:
+            scaled = _scale(scaled, self.side)
+        return scaled[:, :, 0]
+
+
+def _move(motion: Motion, source: _ByClass, i: int, rng: np.random.Generator) -> Clip:
+    """Clip i: digit i mod 10, path (i div 10) mod 4; image, signs and start from ``rng``."""
+    digit = i % len(source.classes)
+    direction = (i // len(source.classes)) % len(DIRECTIONS)
+    obj = source.image(digit, rng)
+    room = motion.size - motion.side                        # top-left corner in 0..room
+    speed = np.array(list(DIRECTIONS.values())[direction])
+    velocity = speed * rng.choice([-1, 1], 2)
+    start = (int(velocity[0]), int(velocity[1]))
+    pos = rng.integers(0, room + 1, 2)                      # (x, y)
+    frames = np.zeros((motion.frames, motion.size, motion.size), np.uint8)
+    positions = np.zeros((motion.frames, 2), np.int64)
+    for t in range(motion.frames):
+        positions[t] = pos
+        x, y = (int(v) for v in pos)
+        window = frames[t, y:y + motion.side, x:x + motion.side]
+        np.maximum(window, obj, out=window)
+        pos = pos + velocity
+        for axis in range(2):                               # bounce: reflect at the edges
+            if pos[axis] < 0 or pos[axis] > room:
+                pos[axis] = -pos[axis] if pos[axis] < 0 else 2 * room - pos[axis]
+                velocity[axis] = -velocity[axis]
+    return Clip(frames, digit, direction, positions, start)
+
+
+def _clip_row(name: str) -> Generator:
+    row = _row(name)
+    if row.motion is None:
+        raise CnnlabError(f"{name} draws no clips; pick one of "
+                          f"{', '.join(n for n, g in GENERATORS.items() if g.motion)}")
+    return row
+
+
+def clips(what: str | Motion, split: str = "train", n: int = 1, seed: int = 0,
+          data_dir: str | os.PathLike[str] | None = None) -> Iterator[Clip]:
+    """The first ``n`` clips of ``split`` of a clip row (its name or a :class:`Motion`),
+    without writing anything: what :func:`make_data` writes, clip for clip."""
+    motion = what if isinstance(what, Motion) else _clip_row(what).motion
+    assert motion is not None
+    source = _ByClass(_pool(motion.source, split, data_dir), motion.side)
+    return (_move(motion, source, i, _rng(seed, split, i)) for i in range(n))
+
+
 # -- writing ----------------------------------------------------------------------------------
 
 def _png(image: np.ndarray) -> bytes:
@@ -297,6 +422,42 @@ def write_canvases(row: Generator, request: Request) -> None:
                         write=request.write)
 
 
+def _link(source: Path, target: Path, request: Request) -> None:
+    """``target`` as a hard link to ``source`` (the same clip under its other label), or a
+    copy where the file system has no hard links."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        request.write(target, source.read_bytes())
+
+
+def write_clips(row: Generator, request: Request) -> None:
+    """The clip rows' writer: each clip once under its digit, linked under its path, and
+    ``clips.csv``."""
+    motion = row.motion
+    assert motion is not None
+    lines = ["split,file,digit,direction,x,y,vx,vy"]
+    names = list(DIRECTIONS)
+    with tqdm(total=sum(request.counts.values()), desc=f"make-data {row.name}", unit="clip",
+              disable=None if request.progress else True, leave=False) as bar:
+        for split, count in request.counts.items():
+            source = _ByClass(_pool(motion.source, split, request.data_dir), motion.side)
+            for i in range(count):
+                clip = _move(motion, source, i, _rng(request.seed, split, i))
+                file = f"{split}-{i:06d}.mkv"
+                digit = source.classes[clip.digit]
+                path = request.folder / LABEL_SETS[0] / split / digit / file
+                path.parent.mkdir(parents=True, exist_ok=True)
+                request.write(path, encode_clip(clip.frames))
+                _link(path, request.folder / LABEL_SETS[1] / split / names[clip.direction] /
+                      file, request)
+                (x, y), (vx, vy) = clip.positions[0], clip.velocity
+                lines.append(f"{split},{file},{digit},{names[clip.direction]},{x},{y},{vx},{vy}")
+                bar.update()
+    request.write(request.folder / CLIPS_CSV, ("\n".join(lines) + "\n").encode())
+
+
 GENERATORS: Mapping[str, Generator] = {g.name: g for g in (
     Generator("digits-single", 1000, 200, write_canvases, canvas=Canvas(
         "digits", size=32, objects=(1, 1), side=(8, 16), clutter=3, fragment=3)),
@@ -314,6 +475,10 @@ GENERATORS: Mapping[str, Generator] = {g.name: g for g in (
         "cifar10", size=64, objects=(1, 1), side=(24, 48), clutter=12, fragment=8)),
     Generator("cifar10-multi", 5000, 1000, write_canvases, canvas=Canvas(
         "cifar10", size=128, objects=(1, 5), side=(24, 48), clutter=24, fragment=8)),
+    Generator("moving-digits", 1000, 200, write_clips, formats=CLIP_FORMATS, motion=Motion(
+        "digits", size=32, side=16, frames=20)),
+    Generator("moving-mnist", 5000, 1000, write_clips, formats=CLIP_FORMATS, motion=Motion(
+        "mnist", size=64, side=28, frames=20)),
 )}
 
 
@@ -408,6 +573,9 @@ def make_data(name: str, out: str | os.PathLike[str], *, seed: int = 0, fmt: str
         facts: dict[str, Any] = {"name": name, "seed": seed, "format": fmt, **counts}
         if row.canvas is not None:
             facts["canvas"] = asdict(row.canvas)
+        if row.motion is not None:
+            facts["motion"] = asdict(row.motion)
+            facts["directions"] = {k: list(v) for k, v in DIRECTIONS.items()}
         import cnnlab
 
         facts["cnnlab"] = cnnlab.__version__
@@ -428,7 +596,9 @@ def _epilog() -> str:
             "  cnnlab make-data cifar10-single --data-dir ../shared/data/cifar10-jpeg "
             "--format csv --out data/cifar\n"
             "  cnnlab train lenet5_modern --task localize --data voc --data-dir "
-            "data/mnist-single")
+            "data/mnist-single\n"
+            "  cnnlab make-data moving-mnist --data-dir ../shared/data --out data/mm --seed 0\n"
+            "  cnnlab train c3d_mnist --data video --data-dir data/mm/direction")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -436,18 +606,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     formats = tuple(dict.fromkeys(f for g in GENERATORS.values() for f in g.formats))
     p: argparse.ArgumentParser = subparsers.add_parser(
         "make-data", help="generate a data set with boxes (VOC or CSV) for localisation and "
-        "detection (8.6.2, 8.6.3)",
+        "detection (8.6.2, 8.6.3), or of video clips (8.6.5)",
         description="Write a generated data set into a new folder --out: canvases with one "
         "object among clutter (NAME-single, for localisation) or 1-5 objects (NAME-multi, for "
         "detection), as PNGs with PASCAL VOC annotations or a CSV (file,xmin,ymin,xmax,ymax,"
-        "class), read back by --data voc|csv --data-dir DIR. The same --seed gives the same "
-        "bytes.", epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        "class), read back by --data voc|csv --data-dir DIR; or clips of a digit bouncing in a "
+        "frame (moving-*), as lossless videos in two class-folder trees, DIR/digit and "
+        "DIR/direction, read back by --data video --data-dir DIR/digit. The same --seed gives "
+        "the same bytes.", epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", choices=names(), metavar="NAME", help="what to generate (below)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="the new folder to write (refused if it holds anything)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--format", choices=formats, help=f"annotation format (default "
-                   f"{formats[0]}): VOC XML per image, or ROOT/train.csv and test.csv")
+    p.add_argument("--format", choices=formats, help=f"annotation format of the boxes rows "
+                   f"(default {formats[0]}): VOC XML per image, or ROOT/train.csv and test.csv; "
+                   "the clip rows write mkv (FFV1) alone")
     p.add_argument("--train", type=int, metavar="N", help="training images (default: the "
                    "name's, below)")
     p.add_argument("--test", type=int, metavar="N", help="test images (default: the name's)")
@@ -466,6 +639,12 @@ def run(args: argparse.Namespace) -> int:
     out = make_data(args.name, args.out, seed=args.seed, fmt=args.format, train=args.train,
                     test=args.test, data_dir=args.data_dir, progress=not args.quiet)
     facts = json.loads((out / DESCRIPTION).read_text())
+    if "motion" in facts:
+        print(f"{args.name}: {facts['train']:,} training and {facts['test']:,} test clips "
+              f"({facts['format']}, FFV1) written to {out}; read them with --data video "
+              f"--data-dir {out / LABEL_SETS[0]} (digit labels) or {out / LABEL_SETS[1]} "
+              "(direction labels)")
+        return 0
     print(f"{args.name}: {facts['train']:,} training and {facts['test']:,} test images "
           f"({facts['format']}) written to {out}; read them with --data {facts['format']} "
           f"--data-dir {out}")
