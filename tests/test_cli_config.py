@@ -8,6 +8,7 @@ import pytest
 
 from cnnlab import data, models
 from cnnlab.cli import build_parser, main
+from cnnlab.data.datasets import LOADERS
 from cnnlab.train import TrainConfig
 from cnnlab.train.config import SETTINGS
 
@@ -100,7 +101,8 @@ def test_help_shows_the_defaults_and_the_recipes_that_override_them(capsys):
 
 def test_data_choices_come_from_the_registry():
     action = options()["data"]
-    assert action.metavar == "{" + ",".join((*data.names(), "folder", "voc", "csv", "crops")) + "}"
+    assert action.metavar == "{" + ",".join((*data.names(), "folder", "voc", "csv", "crops",
+                                             *LOADERS)) + "}"
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     download = next(a for a in sub.choices["download"]._actions if a.dest == "name")
     assert sorted(download.choices) == [n for n in data.names() if not data.info(n).embedded]

@@ -36,6 +36,15 @@ SMALL_CLASSIFIERS = [n for n in SMALL if n in CLASSIFIERS]
 IMAGENET = [n for n in models.names() if models.info(n).input_shape[-1] > 64]
 
 
+def _example(name, n, device="cpu", dtype=torch.float32, shape=None):
+    """``n`` random inputs of the model's kind: pixels (images, clips), or token ids (a text
+    model: ids 1 to 19, none of them the padding 0)."""
+    shape = shape or models.info(name).input_shape
+    if not models.info(name).meta_model.default_input_dtype.is_floating_point:
+        return torch.randint(1, 20, (n, *shape), device=device)
+    return torch.randn(n, *shape, device=device, dtype=dtype)
+
+
 def _build(name, device, **kwargs):
     with torch.device(device):
         return models.create(name, **kwargs)
@@ -51,7 +60,7 @@ def test_output_shape_at_an_unusual_class_count(name):
     model = _build(name, device, num_classes=42)
     shape = models.info(name).input_shape
     assert tuple(model.default_input_shape) == shape
-    assert model(torch.zeros(2, *shape, device=device)).shape == (2, 42)
+    assert model(_example(name, 2, device)).shape == (2, 42)
 
 
 @pytest.mark.parametrize("name", SMALL_CLASSIFIERS)
@@ -60,7 +69,7 @@ def test_forward_shape_and_every_parameter_learns(name):
     model = models.create(name, num_classes=42)
     shape = models.info(name).input_shape
     assert tuple(model.default_input_shape) == shape
-    x = torch.randn(2, *shape)
+    x = _example(name, 2)
     out = model(x)
     assert out.shape == (2, 42)
     if model.stochastic_paths:          # a training pass may skip blocks; the full net may not
@@ -73,8 +82,12 @@ def test_forward_shape_and_every_parameter_learns(name):
 
 def _kernel_input(name):
     """Half the model's input side where every layer still fits (the fully convolutional
-    CIFAR nets, a quarter of the arithmetic: the same layers, fewer positions), else its own."""
-    c, h, w = models.info(name).input_shape
+    CIFAR nets, a quarter of the arithmetic: the same layers, fewer positions), else its own;
+    a sentence or a clip keeps its length."""
+    shape = models.info(name).input_shape
+    if len(shape) != 3:
+        return shape
+    c, h, w = shape
     half = (c, h // 2, w // 2)
     try:
         with torch.device("meta"):
@@ -89,7 +102,7 @@ def test_both_kernels_give_equal_results(name):
     torch.manual_seed(0)
     model = models.create(name).double().eval()
     # two images: enough to mix examples in a batch (im2col)
-    x = torch.randn(2, *_kernel_input(name), dtype=torch.float64)
+    x = _example(name, 2, dtype=torch.float64, shape=_kernel_input(name))
     outs, grads = [], []
     for kernel in ("native", "reference"):
         model.zero_grad()
@@ -108,9 +121,10 @@ def test_both_kernels_give_equal_results(name):
 def test_common_interface(name):
     device = _device(name)
     model = _build(name, device, num_classes=7).eval()
-    x = torch.randn(2, *models.info(name).input_shape, device=device)
+    x = _example(name, 2, device)
     feats = model.forward_features(x)
-    assert feats.dim() == 4
+    # images: the last volume (N, D, H, W); a sentence's or clip's own form otherwise
+    assert feats.dim() == 4 if len(models.info(name).input_shape) == 3 else feats.dim() >= 2
     pre = model.forward_head(feats, pre_logits=True)
     assert pre.dim() == 2
     if device == "cpu":
@@ -232,7 +246,7 @@ def test_forward_and_backward_at_the_native_input_size(name):
     per code path (each of the others is the same modules in other numbers or sizes)."""
     torch.manual_seed(0)
     model = models.create(name, num_classes=1000 if name in IMAGENET else 10)
-    x = torch.randn(1, *models.info(name).input_shape)
+    x = _example(name, 1)
     out = model(x)
     scores = out[0] if isinstance(out, tuple) else out
     assert scores.shape == (1, model.num_classes)
@@ -242,7 +256,8 @@ def test_forward_and_backward_at_the_native_input_size(name):
     assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
+@pytest.mark.parametrize("name", [n for n in CLASSIFIERS if "in_channels" in models.info(n)
+                                  .arguments()])
 def test_in_channels_reaches_the_first_layer_and_the_input_shape(name):
     """Grey images (MNIST) into an RGB architecture, or colour into LeNet: the trainer checks
     the data against ``default_input_shape``, so it must follow ``in_channels``."""
@@ -250,5 +265,5 @@ def test_in_channels_reaches_the_first_layer_and_the_input_shape(name):
     model = _build(name, "meta", in_channels=channels).eval()
     shape = (channels, *models.info(name).input_shape[1:])
     assert tuple(model.default_input_shape) == shape
-    classes = models.default_classes(shape)         # 1000 for ImageNet models, else 10
+    classes = models.info(name).meta_model.num_classes    # the builder's own default
     assert model(torch.zeros(2, *shape, device="meta")).shape == (2, classes)
