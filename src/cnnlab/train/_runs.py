@@ -30,12 +30,16 @@ class RunInfo:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of a run on images; a run on sentences or clips is refused."""
-        if len(self.input_shape) != 3:
-            raise CnnlabError(f"{self.path} is a run on examples of shape "
-                              f"{'x'.join(map(str, self.input_shape))}, not on images; this "
-                              "command takes a run of an image model")
+        self.check_images("this command")
         c, h, w = self.input_shape
         return c, h, w
+
+    def check_images(self, tool: str) -> None:
+        """Refuse a run on sentences or clips for ``tool``, which works on images."""
+        if len(self.input_shape) != 3:
+            raise CnnlabError(f"{self.path} is a run on examples of shape "
+                              f"{'x'.join(map(str, self.input_shape))}, not on images; {tool} "
+                              "takes a run of an image model")
 
 
 def check_task(run: RunInfo, wanted: str, tool: str) -> None:

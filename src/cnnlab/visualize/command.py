@@ -187,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
     from cnnlab.train.run import load_run
 
     info = run_info(args.run)
+    info.check_images("cnnlab visualize")
     out = Path(args.out) if args.out else info.path / f"visualize-{args.method}"
     _check_out(out, args.overwrite, given=args.out is not None)
     _check_options(args)
