@@ -185,11 +185,13 @@ class TrainConfig:
                                    "a vectors file or glove-6b-50d", _path_or_none,
                                    metavar="PATH")
     frame_stride: int = _setting(DATA_OPTIONS["frame_stride"], "take every this many frames of "
-                                 "a video for a clip", "a positive int", lambda v: v >= 1)
+                                 "a video for a clip", "a positive int", lambda v: v >= 1,
+                                 metavar="N")
     # -- several runs of this setting in one folder (cnnlab.train.series)
     folds: int = _setting(1, "k-fold cross-validation: train and test splits joined, split into "
                           "this many stratified folds, one run each; 1: the data set's own split",
-                          "a positive int (1: no cross-validation)", lambda v: v >= 1)
+                          "a positive int (1: no cross-validation)", lambda v: v >= 1,
+                          metavar="K")
     # -- outputs beside metrics.jsonl
     tensorboard: bool = _setting(True, "TensorBoard events in RUN/tensorboard/")
     plots: bool = _setting(True, "RUN/curves.png and RUN/confusion.png at the end")
