@@ -21,7 +21,7 @@ from cnnlab.errors import CnnlabError
 
 # modules whose add_parser(subparsers) adds a command of theirs, in the order `--help` lists them
 COMMANDS = ("cnnlab.visualize.command", "cnnlab.apps.retrieval_command", "cnnlab.data.make",
-            "cnnlab.apps.detect")
+            "cnnlab.apps.detect", "cnnlab.train.curve")
 
 # {...}: filled in from the config, the data registry and the models' recipes (build_parser)
 EPILOG_TRAIN = """\
@@ -164,8 +164,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                           "--resume RUN to continue a run")
     else:
         config = TrainConfig.for_model(fields, source=COMMAND_LINE)
-    result = train(config, progress=not args.quiet, overwrite=args.overwrite,
-                   resume=bool(resume))
+    if config.folds > 1:                # k-fold cross-validation: K runs in one folder
+        from cnnlab.train.series import cross_validate
+
+        result = cross_validate(config, progress=not args.quiet, overwrite=args.overwrite,
+                                resume="auto" if args.resume == "auto" else bool(resume))
+    else:
+        result = train(config, progress=not args.quiet, overwrite=args.overwrite,
+                       resume=bool(resume))
     if os.environ.get("RANK", "0") not in ("", "0"):
         return 0                                        # torchrun: rank 0 reports
     # the task's one line: classification's "test accuracy X% (error Y%)"

@@ -353,6 +353,13 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, task: Task | N
 
     >>> result = train(TrainConfig("lenet5", epochs=1, out="/tmp/run"), progress=False)  # doctest: +SKIP
     """
+    from cnnlab.train import series  # several runs of one setting in one folder
+
+    if datasets is None and (config.folds > 1 or series.governs(config.out) is not None):
+        # folds > 1: k-fold cross-validation (each fold a call here, with its datasets); a
+        # series' folder is refused (cnnlab.train.series)
+        return series.train_series(config, model, task=task, progress=progress,
+                                   overwrite=overwrite, resume=resume)
     start = time.perf_counter()
     if progress:
         progress_seconds()                              # a bad $CNNLAB_PROGRESS_SECONDS: now
