@@ -211,3 +211,54 @@ def test_a_strided_decoder_has_the_fields_of_torchs_transposed_convolutions():
             b.volume, b.macs, b.receptive_field, b.jump, b.start)
     assert [r.macs for r in mine] == [14 * 14 * 16 * 9, 7 * 7 * 8 * 16 * 9,
                                       7 * 7 * 8 * 16 * 9, 14 * 14 * 16 * 9]
+
+
+# -- clips (C, T, H, W) and token ids ------------------------------------------------------------
+
+def test_a_3d_cnn_has_receptive_fields_in_time_too():
+    s = summarize(models.create("c3d_mnist"), (1, 16, 64, 64))
+    rows = _rows(s)
+    assert s.rows[0].volume == "16×64×64×8" and rows["conv1"].macs == 16 * 64 * 64 * 8 * 27
+    assert rows["conv1"].receptive_field == (3, 3, 3) and rows["conv1"].jump == (1, 1, 1)
+    # pool1 is 1x2x2 (time kept): conv2 sees 3 + 2 = 5 frames; pool2 (2x2x2) 6 at a jump of 2,
+    # so conv3 sees 6 + 2·2 = 10 frames and 10 + 2·4 = 18 pixels
+    assert rows["pool1"].receptive_field == (3, 4, 4) and rows["pool1"].jump == (1, 2, 2)
+    assert rows["conv2"].receptive_field == (5, 8, 8)
+    assert rows["conv3"].receptive_field == (10, 18, 18) and rows["conv3"].jump == (2, 4, 4)
+    text = s.to_text()
+    assert "3×4×4" in text and "1×2×2" in text and "16×64×64×1" in text   # the input, T×H×W×C
+
+
+def test_a_frame_cnn_sees_one_frame_and_an_lstm_multiplies_its_matrices_each_step():
+    s = summarize(models.create("cnn_lstm"), (1, 16, 64, 64))
+    rows = _rows(s)
+    assert rows["cnn.conv1"].receptive_field == (3, 3)          # within a frame
+    assert rows["cnn.conv1"].macs == 16 * 64 * 64 * 8 * 9        # every frame of the clip
+    lstm = models.create("cnn_lstm").lstm
+    assert rows["lstm"].macs == 16 * 4 * 64 * (lstm.input_size + 64)
+    assert rows["lstm"].params == sum(p.numel() for p in lstm.parameters())
+
+
+def test_the_probe_follows_the_model_s_input_dtype():
+    class Ids(nn.Module):
+        default_input_dtype = torch.int64
+
+        def __init__(self):
+            super().__init__()
+            self.embed, self.fc = nn.Embedding(20, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.embed(x).mean(1))
+
+    s = summarize(Ids(), (7,))
+    assert s.dtype == "int64" and [r.volume for r in s.rows] == ["4×7", "2"]
+    with pytest.raises(ShapeError, match="does not fit"):
+        summarize(Ids(), (7,), dtype=torch.float32)          # an embedding takes no floats
+
+
+def test_the_summary_command_takes_clip_shapes(capsys):
+    from cnnlab.cli import main
+
+    assert main(["summary", "c3d_mnist", "--input", "3x16x112x112"]) == 0
+    out = capsys.readouterr().out
+    assert "16×112×112×3" in out and "16×112×112×8" in out and "3×4×4" in out

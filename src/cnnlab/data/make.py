@@ -25,9 +25,10 @@ renamed to ``--out`` at the end; an ``--out`` that holds anything is refused.
 The clip rows (8.6.5) write videos: ``moving-mnist`` moves one MNIST digit through a 64x64
 frame for 20 frames (Srivastava et al.'s Moving MNIST, with one digit), ``moving-digits`` one
 8x8 digit scaled to 16 px through 32x32 (no files needed). The digit bounces off the edges
-along one of four paths (:data:`DIRECTIONS`: horizontal, shallow, steep, vertical: the
+along one of four paths (:data:`DIRECTIONS`: horizontal, vertical, diagonal, or still: the
 velocity's absolute components in pixels per frame, which a bounce keeps; the signs and
-the start are random). The clips carry two label sets, laid out as two video folders
+the start are random). A bounce reverses one component, so the direction of motion is told
+up to the walls' reflections: its axis, 45 degrees apart, or none. The clips carry two label sets, laid out as two video folders
 (:mod:`cnnlab.data.video`) of the same files, so that both go through the user's path::
 
     OUT/digit/train/<0-9>/train-NNNNNN.mkv        the digit: appearance alone decides
@@ -72,7 +73,7 @@ from cnnlab.data.video import encode_clip
 from cnnlab.errors import CnnlabError, DataError
 
 __all__ = ["DIRECTIONS", "GENERATORS", "INK", "LABEL_SETS", "MAX_COVER", "Canvas", "Clip",
-           "Drawn", "Generator", "Motion", "Request", "add_parser", "canvases", "clips",
+           "Drawn", "Generator", "Motion", "Request", "add_parser", "bounce", "canvases", "clips",
            "make_data", "names"]
 
 INK = 64              # uint8 level above which a grey object's pixel is ink (its box's extent)
@@ -115,7 +116,7 @@ def _write(path: Path, data: bytes) -> None:
 
 # the clip rows' paths: name -> (|vx|, |vy|) in pixels per frame, which bouncing keeps
 DIRECTIONS: Mapping[str, tuple[int, int]] = {
-    "horizontal": (2, 0), "shallow": (2, 1), "steep": (1, 2), "vertical": (0, 2)}
+    "horizontal": (2, 0), "vertical": (0, 2), "diagonal": (2, 2), "still": (0, 0)}
 LABEL_SETS = ("digit", "direction")   # OUT/<label set>/<split>/<class>/ of the clip rows
 CLIP_FORMATS = ("mkv",)               # FFV1 in Matroska
 CLIPS_CSV = "clips.csv"
@@ -361,12 +362,23 @@ def _move(motion: Motion, source: _ByClass, i: int, rng: np.random.Generator) ->
         x, y = (int(v) for v in pos)
         window = frames[t, y:y + motion.side, x:x + motion.side]
         np.maximum(window, obj, out=window)
-        pos = pos + velocity
-        for axis in range(2):                               # bounce: reflect at the edges
-            if pos[axis] < 0 or pos[axis] > room:
-                pos[axis] = -pos[axis] if pos[axis] < 0 else 2 * room - pos[axis]
-                velocity[axis] = -velocity[axis]
+        for axis in range(2):
+            pos[axis], velocity[axis] = bounce(int(pos[axis]), int(velocity[axis]), room)
     return Clip(frames, digit, direction, positions, start)
+
+
+def bounce(x: int, v: int, room: int) -> tuple[int, int]:
+    """One step of a coordinate ``x`` in 0..room at velocity ``v`` (|v| <= room), reflected
+    at the edges: the new (x, v). The walls lie half a pixel outside 0 and room (-1 -> 0,
+    -2 -> 1), which makes a step a permutation of the states (x, v): the shift of a circle of
+    2(room + 1) places folded in two. So a uniform start with equally likely signs stays so at
+    every frame."""
+    x += v
+    if x < 0:
+        return -x - 1, -v
+    if x > room:
+        return 2 * room + 1 - x, -v
+    return x, v
 
 
 def _clip_row(name: str) -> Generator:
