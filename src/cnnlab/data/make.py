@@ -50,12 +50,9 @@ exactly.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
-import secrets
-import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -519,36 +516,6 @@ def _boxes_row(name: str) -> Generator:
     return row
 
 
-@contextlib.contextmanager
-def _staging(out: Path) -> Iterator[Path]:
-    """A new folder beside ``out`` to fill; renamed to ``out`` on success, removed (with the
-    parents made for it) on any error or interruption."""
-    from cnnlab.train.run import storage_error
-
-    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        folder = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
-        folder.mkdir()
-    except OSError as err:
-        raise storage_error(f"cannot create a folder beside --out {str(out)!r}", err) from None
-    try:
-        yield folder
-        try:
-            if hasattr(os, "sync"):     # every file on disk before the rename shows them: one
-                os.sync()               # call, where an fsync per file took 5x the drawing
-            folder.rename(out)          # atomic; replaces only an empty folder
-        except OSError as err:
-            raise storage_error(f"cannot move the data set to --out {str(out)!r}", err,
-                                " (was something written there meanwhile?)") from None
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        for p in made:                  # deepest first; only empty ones
-            with contextlib.suppress(OSError):
-                p.rmdir()
-        raise
-
-
 def _check_out(out: Path) -> None:
     found = kind(out)
     if found in ("file", "other"):
@@ -579,7 +546,9 @@ def make_data(name: str, out: str | os.PathLike[str], *, seed: int = 0, fmt: str
                               "splits)")
     path = Path(out).expanduser()
     _check_out(path)
-    with _staging(path) as folder:
+    from cnnlab.train.run import staged_folder  # the run folder's atomic writing
+
+    with staged_folder(path, "the data set") as folder:
         request = Request(folder, counts, seed, fmt, data_dir, progress)
         row.write(row, request)
         facts: dict[str, Any] = {"name": name, "seed": seed, "format": fmt, **counts}
