@@ -169,3 +169,16 @@ def test_the_command_writes_both_label_sets(tmp_path, capsys):
 def test_moving_mnist_clips_from_the_real_files():
     (c,) = clips("moving-mnist", "test", 1, seed=0, data_dir=SHARED)
     assert c.frames.shape == (20, 64, 64) and c.frames.max() == 255
+
+
+def test_a_lazy_folder_decodes_the_same_clips_when_indexed(moving):
+    eager = load_video_folder("test", moving / "direction", size=(16, 32, 32))
+    lazy = load_video_folder("test", moving / "direction", size=(16, 32, 32), lazy=True)
+    assert lazy.lazy and not eager.lazy and lazy.shape == eager.shape == (1, 16, 32, 32)
+    assert lazy.mean == pytest.approx(eager.mean) and lazy.std == pytest.approx(eager.std)
+    assert torch.equal(lazy[3][0], eager[3][0])
+    part = lazy.subset([5, 1, 7])
+    assert part.lazy and torch.equal(part.images[0:3], eager.images[[5, 1, 7]])
+    assert torch.equal(part.labels, eager.labels[[5, 1, 7]])
+    x, y = lazy.__getitems__([2, 0])
+    assert torch.equal(x, eager.images[[2, 0]]) and torch.equal(y, eager.labels[[2, 0]])
