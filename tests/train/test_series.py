@@ -197,6 +197,13 @@ def test_a_series_folder_and_its_runs_are_not_trained_as_single_runs(tmp_path):
     with pytest.raises(CnnlabError, match="holds files that cnnlab did not write"):
         cross_validate(config(tmp_path / "mine"), tiny(), progress=False)
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    single = tmp_path / "single"
+    train(config(single, folds=1), tiny(), progress=False)
+    with pytest.raises(CnnlabError, match="holds a run of `cnnlab train`; pick a new or empty"):
+        cross_validate(config(single), tiny(), progress=False)
+    cross_validate(config(single), tiny(), progress=False, overwrite=True)
+    assert not (single / WEIGHTS).exists()       # the single run's results went with it
+    assert json.loads((single / "config.json").read_text())["folds"] == 3
 
 
 # -- the command ----------------------------------------------------------------------------

@@ -50,7 +50,16 @@ from torch import nn
 from cnnlab.data import ImageDataset, load
 from cnnlab.errors import CnnlabError, ConfigError, DataError
 from cnnlab.train.config import TrainConfig
-from cnnlab.train.run import CONFIG, claim, inventory, read_metadata, run_status, write_text
+from cnnlab.train.run import (
+    CHECKPOINT,
+    CONFIG,
+    OUTPUTS,
+    claim,
+    inventory,
+    read_metadata,
+    run_status,
+    write_text,
+)
 from cnnlab.train.tasks import Task
 
 SERIES, SUMMARY = "series.json", "summary.json"
@@ -262,7 +271,8 @@ class SeriesFolder:
         if not context_from_env().is_main:
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        for name in stale:
+        # --overwrite over a single run: its results are cnnlab's and would be stale too
+        for name in (*stale, *((*OUTPUTS, CHECKPOINT) if self.overwrite else ())):
             (self.root / name).unlink(missing_ok=True)
         values = {"format": FORMAT, "kind": self.kind, "config": self.config.to_dict(),
                   **manifest}
@@ -292,7 +302,6 @@ def run_member(config: TrainConfig, datasets: tuple[ImageDataset, ImageDataset],
     from cnnlab.train.checkpoint import check_finished, describe
     from cnnlab.train.loop import train
     from cnnlab.train.metrics import read_metrics
-    from cnnlab.train.run import CHECKPOINT
 
     assert config.out is not None
     out = Path(config.out)
