@@ -1,15 +1,22 @@
-"""Exercise 6: the learning curve of LeNet-5 (modern) on MNIST, on this machine (issue 12 (c)).
+"""Exercise 6: the learning curve of LeNet-5 (modern) on MNIST or CIFAR-10, on this machine
+(issue 12 (c)).
 
-One run per fraction of MNIST's 60,000 training images (nested, stratified subsets), each
-with the model's recipe (``cnnlab models --json``: the same epochs for every fraction), all
-tested on the 10,000 test images, through the same ``cnnlab.train.curve.learning_curve`` that
-``cnnlab learning-curve`` calls. MNIST is stored lossless (the IDX files), so nothing of the
-curve comes from compression. One torch thread (the machine is shared).
+One run per fraction of the training split (nested, stratified subsets), each with the
+model's recipe (``cnnlab models --json``: the same epochs for every fraction), all tested on
+the whole test split, through the same ``cnnlab.train.curve.learning_curve`` that ``cnnlab
+learning-curve`` calls. One torch thread (the machine is shared).
 
-    python benchmarks/learning_curve.py --data-dir ../shared/data \\
-        --json benchmarks/results/learning_curve.json --png docs/learning-curve-mnist.png
+- ``--data mnist``: the IDX files of ``../shared/data/mnist`` (lossless), 60,000 / 10,000.
+- ``--data cifar10-jpeg``: the JPEG copy ``../shared/data/cifar10-jpeg`` (quality 75, so
+  **lossy**: the images differ from CIFAR-10's own pixels), read as an image folder
+  (``--data folder``), 50,000 / 10,000.
 
-The runs go to --out (default /tmp/cnnlab-learning-curve-mnist): rerunning the script goes
+    python benchmarks/learning_curve.py --data mnist \\
+        --json benchmarks/results/learning_curve_mnist.json --png docs/learning-curve-mnist.png
+    python benchmarks/learning_curve.py --data cifar10-jpeg \\
+        --json benchmarks/results/learning_curve_cifar10.json --png docs/learning-curve-cifar10.png
+
+The runs go to --out (default /tmp/cnnlab-learning-curve-DATA): rerunning the script goes
 on where an interrupted one stopped, as the command does.
 """
 
@@ -28,22 +35,27 @@ from cnnlab.train import TrainConfig
 from cnnlab.train.curve import CURVE_PLOT, learning_curve, parse_fractions
 
 FRACTIONS = "0.003,0.01,0.03,0.1,0.3,1"
+DATA = {"mnist": ("mnist", "."), "cifar10-jpeg": ("folder", "cifar10-jpeg")}   # name, folder
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--data", choices=DATA, default="mnist")
+    parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
+                        help="the folder of the shared data sets")
     parser.add_argument("--model", default="lenet5_modern")
     parser.add_argument("--fractions", default=FRACTIONS)
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
-    parser.add_argument("--out", default="/tmp/cnnlab-learning-curve-mnist")
+    parser.add_argument("--out", help="the curve's folder (default /tmp/cnnlab-learning-curve-DATA)")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--png", help="copy the curve's PNG here (for the README)")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
-    settings = {"model": args.model, "data": "mnist", "data_dir": args.data_dir, "out": args.out,
-                "tensorboard": False, "plots": False, "device": "cpu"}
+    data, where = DATA[args.data]
+    out = args.out or f"/tmp/cnnlab-learning-curve-{args.data}"
+    settings = {"model": args.model, "data": data, "data_dir": str(Path(args.shared) / where),
+                "out": out, "tensorboard": False, "plots": False, "device": "cpu"}
     if args.epochs:
         settings["epochs"] = args.epochs
     config = TrainConfig.for_model(settings)
@@ -61,7 +73,7 @@ def main() -> int:
         shutil.copyfile(Path(result["run_dir"]) / CURVE_PLOT, args.png)
     if args.json:
         curve = {k: v for k, v in result.items() if k not in ("run_dir", "seconds")}
-        write_json(args.json, {"benchmark": "learning_curve", "machine": machine(),
+        write_json(args.json, {"benchmark": "learning_curve", "data": args.data, "machine": machine(),
                                "config": {k: v for k, v in config.to_dict().items() if k != "out"},
                                "train_seconds_total": train_total, "wall_seconds_last_call": wall,
                                "curve": curve})

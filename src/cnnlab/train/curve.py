@@ -221,6 +221,8 @@ def _summary_line(curve: dict[str, Any]) -> str:
 def plot_curve(curve: dict[str, Any], path: Path) -> Path:
     """Top-1 and top-5 test error (%) against the training-set size (log axis), to PNG,
     atomically."""
+    from matplotlib.ticker import FuncFormatter
+
     from cnnlab.train.plots import _new_figure
 
     fig = _new_figure(6.0, 4.0)
@@ -229,6 +231,7 @@ def plot_curve(curve: dict[str, Any], path: Path) -> Path:
     for key, label, colour in (("top1_error", "top-1", "C0"), ("top5_error", "top-5", "C1")):
         ax.plot(sizes, [100 * e for e in curve[key]], "o-", color=colour, label=f"{label} error")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.set_xlabel("training examples (log scale)")
     ax.set_ylabel("test error (%)")
     ax.set_ylim(bottom=0)
