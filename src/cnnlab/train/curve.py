@@ -176,6 +176,7 @@ def learning_curve(config: TrainConfig, fractions: Sequence[float],
                         **record})
     curve = {
         "kind": series.LEARNING_CURVE, "model": config.model, "data": config.data,
+        "data_dir": config.data_dir,
         "epochs": config.epochs, "batch_size": config.batch_size, "seed": config.seed,
         "test_size": len(test_ds), "train_examples": len(train_ds),
         "fractions": list(wanted), "train_sizes": [r["train_size"] for r in records],
@@ -218,6 +219,17 @@ def _summary_line(curve: dict[str, Any]) -> str:
             f"{100 * errors[-1]:.1f}% with {sizes[-1]:,} ({len(sizes)} runs)")
 
 
+def _data_label(curve: dict[str, Any]) -> str:
+    """The data set's name; for one read from a folder of the user's (``folder``, ``text``,
+    ...) with that folder's name: ``folder cifar10-jpeg``."""
+    from cnnlab import data
+
+    name, where = curve["data"], curve.get("data_dir")
+    if not where or name in data.names() or Path(where).name == name:
+        return str(name)
+    return f"{name} {Path(where).name}"
+
+
 def plot_curve(curve: dict[str, Any], path: Path) -> Path:
     """Top-1 and top-5 test error (%) against the training-set size (log axis), to PNG,
     atomically."""
@@ -235,7 +247,7 @@ def plot_curve(curve: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("training examples (log scale)")
     ax.set_ylabel("test error (%)")
     ax.set_ylim(bottom=0)
-    ax.set_title(f"{curve['model']} on {curve['data']}: {curve['epochs']} epochs per run, "
+    ax.set_title(f"{curve['model']} on {_data_label(curve)}: {curve['epochs']} epochs per run, "
                  f"{curve['test_size']:,} test examples", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
