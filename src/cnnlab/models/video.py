@@ -8,7 +8,8 @@ chapter's three ways to classify it are here, plus the baseline they are measure
   2x2x2 except the first, 1x2x2, which keeps the frames ("not to merge the temporal signal too
   early"). ``c3d`` is the published network for 3x16x112x112 clips (fc6 and fc7 of 4096 units,
   487 Sports-1M classes); ``c3d_mnist`` the same rule at Moving-MNIST's size, ending in global
-  average pooling;
+  average pooling and with batch normalisation after each convolution (``batch_norm=True``,
+  torch's, not the chapter's; the sequence models have it too);
 - ``cnn_lstm``: a 2-D CNN on each frame, an LSTM over the frame features, the classifier on its
   last state (8.6.5: "a recurrent network is used to carry over states from one frame to the
   next");
@@ -40,13 +41,15 @@ from cnnlab.nn.classifier import Classifier, check_num_classes
 from cnnlab.nn.layers import check_dropout
 from cnnlab.spec import SpecNet, build
 
-# The 3-D CNNs: name -> (input (C, T, H, W), classes, layers). C3D (Tran et al. 2015, Fig. 3):
-# 8 convolutions, 5 pools; pool5 in Caffe's ceil mode takes 2x7x7 to 1x4x4 (fc6: 8192 inputs).
+# The 3-D CNNs: name -> (input (C, T, H, W), classes, layers, batch norm by default). C3D (Tran
+# et al. 2015, Fig. 3): 8 convolutions, 5 pools; pool5 in Caffe's ceil mode takes 2x7x7 to
+# 1x4x4 (fc6: 8192 inputs). The small models normalise each convolution's batch: without it
+# SGD leaves them at chance for epochs, more than 2 CPU cores can give (measured).
 C3D_TABLE = {
     "c3d": ((3, 16, 112, 112), 487,
             ("C3D64 M1x2x2 C3D128 M C3D256 C3D256 M C3D512 C3D512 M C3D512 C3D512 Mc "
-            "FC4096 DROP0.5 FC4096 DROP0.5 F")),
-    "c3d_mnist": ((1, 16, 64, 64), 10, "C3D8 M1x2x2 C3D16 M C3D32 M C3D64 M GAP F"),
+            "FC4096 DROP0.5 FC4096 DROP0.5 F"), False),
+    "c3d_mnist": ((1, 16, 64, 64), 10, "C3D8 M1x2x2 C3D16 M C3D32 M C3D64 M GAP F", True),
 }
 # The CNNs of the sequence models, without their classifier: FRAME_CNN on each (C, H, W) frame
 # (64x64 -> 4x4x64), SEGMENT_CNN on each (C, S, H, W) segment (4x64x64 -> 1x4x4x64): the layers
@@ -94,20 +97,42 @@ def _init(model: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def c3d_net(layers: str, num_classes: int = 10, in_channels: int = 1, frames: int = 16,
-            size: int = 64) -> SpecNet:
-    """A 3-D CNN in the notation for (in_channels, frames, size, size) clips."""
-    net = build(layers, (in_channels, frames, size, size), check_num_classes(num_classes))
+def _batch_norm(net: SpecNet) -> SpecNet:
+    """``net`` with a batch normalisation after each convolution (``bn1`` after ``conv1``).
+    Not one of the chapter's operations: torch's BatchNorm2d/3d, the same on both kernels."""
+    layers: dict[str, nn.Module] = {}
+    for name, m in net.named_children():
+        layers[name] = m
+        if isinstance(m, nn.Conv2d | nn.Conv3d):
+            norm = nn.BatchNorm2d if isinstance(m, nn.Conv2d) else nn.BatchNorm3d
+            layers[name.replace("conv", "bn", 1)] = norm(m.out_channels)
+    return SpecNet(layers, net.default_input_shape)
+
+
+def _net(layers: str, shape: tuple[int, ...], num_classes: int | None,
+         batch_norm: bool) -> SpecNet:
+    net = build(layers, shape, num_classes)
+    if batch_norm:
+        net = _batch_norm(net)
     _init(net)
+    return net
+
+
+def c3d_net(layers: str, num_classes: int = 10, in_channels: int = 1, frames: int = 16,
+            size: int = 64, batch_norm: bool = False) -> SpecNet:
+    """A 3-D CNN in the notation for (in_channels, frames, size, size) clips, with batch norm
+    after each convolution if ``batch_norm``."""
+    net = _net(layers, (in_channels, frames, size, size), check_num_classes(num_classes),
+               batch_norm)
     return net.name_layers(_c3d_names(net))
 
 
 def _c3d(name: str) -> None:
-    (c, t, h, _), classes, layers = C3D_TABLE[name]
+    (c, t, h, _), classes, layers, norm = C3D_TABLE[name]
 
     def builder(num_classes: int = classes, in_channels: int = c, frames: int = t,
-                size: int = h) -> SpecNet:
-        return c3d_net(layers, num_classes, in_channels, frames, size)
+                size: int = h, batch_norm: bool = norm) -> SpecNet:
+        return c3d_net(layers, num_classes, in_channels, frames, size, batch_norm)
 
     convs = sum(tok.startswith("C") for tok in layers.split())
     register(name, section="8.6.5", recipe=_RECIPE,
@@ -124,6 +149,9 @@ class SequenceNet(Classifier):
     linear classifier on its last state). The vector keeps where things are in the frame:
     global average pooling would leave an LSTM no motion to follow.
 
+    With ``batch_norm`` (the default) each convolution of the CNN is followed by torch's batch
+    normalisation: without it SGD leaves these small nets at chance for epochs.
+
     ``forward_features`` gives the pieces' last volumes side by side in time, (N, D, P·t, h, w)
     (P pieces, t frames left of each); ``forward_head(pre_logits=True)`` the averaged vectors
     or the LSTM's last state. Chapter names: the CNN's (``conv1``, ``pool1``, ...), ``lstm``,
@@ -134,7 +162,7 @@ class SequenceNet(Classifier):
 
     def __init__(self, layers: str, segment: int, head: str, num_classes: int = 10,
                  in_channels: int = 1, frames: int = 16, size: int = 64, hidden: int = 64,
-                 grid: int = 4, dropout: float = 0.0) -> None:
+                 grid: int = 4, dropout: float = 0.0, batch_norm: bool = True) -> None:
         super().__init__()
         if head not in HEADS:
             raise ModelError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
@@ -149,7 +177,7 @@ class SequenceNet(Classifier):
         self.num_classes = check_num_classes(num_classes)
         self.default_input_shape = (in_channels, frames, size, size)
         piece = (in_channels, size, size) if segment == 1 else (in_channels, segment, size, size)
-        self.cnn = build(layers, piece)                       # ends in its last volume
+        self.cnn = _net(layers, piece, None, batch_norm)      # ends in its last volume
         with torch.device("meta"):                            # D and t, from the shapes alone
             out = build(layers, piece)(torch.zeros(1, *piece))
         self._piece_time = 1 if segment == 1 else int(out.shape[2])
@@ -160,7 +188,6 @@ class SequenceNet(Classifier):
             self.lstm = nn.LSTM(features, hidden, batch_first=True)
             features = hidden
         self.fc = cnn.Linear(features, self.num_classes)
-        _init(self.cnn)
         self.chapter_layers = {name: f"cnn.{path}" for name, path in self.cnn.chapter_layers.items()}
         self.chapter_layers |= {"lstm": "lstm"} if head == "lstm" else {}
         self.chapter_layers["fc"] = "fc"
