@@ -103,8 +103,10 @@ def _model_or_spec(target: str, input_shape: tuple[int, ...] | None,
     if target in models.names():
         entry = models.info(target)
         shape = input_shape or entry.input_shape
+        # a text model takes no channel count: its shape is (L,) token ids
+        channels = {"in_channels": shape[0]} if "in_channels" in entry.arguments() else {}
         with torch.device("meta"):
-            model = models.create(target, num_classes=num_classes, in_channels=shape[0])
+            model = models.create(target, num_classes=num_classes, **channels)
         return model, shape
     if input_shape is None:
         raise CnnlabError(f"{target!r} is not a model name, so it is read as a network in the "
