@@ -160,7 +160,7 @@ def lookup(words: Sequence[str], source: str, dim: int | None = None) -> VectorT
             _text_rows(Path(source), found_dim, index, header=fmt == "text")
     for i, vector in rows:
         if not found[i]:
-            out[i] = torch.from_numpy(np.asarray(vector, dtype=np.float32))
+            out[i] = torch.from_numpy(np.array(vector, dtype=np.float32))
             found[i] = True
     return VectorTable(out, found, source)
 
