@@ -16,8 +16,10 @@ learning-curve`` calls. One torch thread (the machine is shared).
     python benchmarks/learning_curve.py --data cifar10-jpeg \\
         --json benchmarks/results/learning_curve_cifar10.json --png docs/learning-curve-cifar10.png
 
-The runs go to --out (default /tmp/cnnlab-learning-curve-DATA): rerunning the script goes
-on where an interrupted one stopped, as the command does.
+The runs go to --out (default /tmp/cnnlab-learning-curve-DATA[-seedS]): rerunning the
+script goes on where an interrupted one stopped, as the command does. ``--seed 1`` and
+``--seed 2`` (JSON ``learning_curve_DATA_seedS.json``) measure how much a point moves with
+another draw of the subsets, the weights and the batch order.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def main() -> int:
     parser.add_argument("--model", default="lenet5_modern")
     parser.add_argument("--fractions", default=FRACTIONS)
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subsets, weights and order")
     parser.add_argument("--out", help="the curve's folder (default /tmp/cnnlab-learning-curve-DATA)")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--png", help="copy the curve's PNG here (for the README)")
@@ -53,9 +56,9 @@ def main() -> int:
 
     torch.set_num_threads(1)
     data, where = DATA[args.data]
-    out = args.out or f"/tmp/cnnlab-learning-curve-{args.data}"
+    out = args.out or f"/tmp/cnnlab-learning-curve-{args.data}" + (f"-seed{args.seed}" if args.seed else "")
     settings = {"model": args.model, "data": data, "data_dir": str(Path(args.shared) / where),
-                "out": out, "tensorboard": False, "plots": False, "device": "cpu"}
+                "out": out, "tensorboard": False, "plots": False, "device": "cpu", "seed": args.seed}
     if args.epochs:
         settings["epochs"] = args.epochs
     config = TrainConfig.for_model(settings)
