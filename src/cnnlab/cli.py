@@ -203,6 +203,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cnnlab.train.ensemble import evaluate_ensemble
     from cnnlab.train.tasks import task_class
 
+    if args.text is not None:           # one sentence through a text run (8.6.4)
+        return _eval_text(args)
     # one path: a single run is an ensemble of one, its row what it reports alone
     result = evaluate_ensemble(args.runs, data=args.data, data_dir=args.data_dir,
                                split=args.split, batch_size=args.batch_size, tta=args.tta,
@@ -219,6 +221,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(_ensemble_table(result) if result["task"] == "classification"
               else _figures_table(result))
+    return 0
+
+
+def _eval_text(args: argparse.Namespace) -> int:
+    """``cnnlab eval RUN --text "..."``: the class probabilities of one sentence, tokenised
+    with the vocabulary saved with the run's weights."""
+    from cnnlab.data.text import predict_text
+
+    if len(args.runs) != 1:
+        raise CnnlabError(f"--text classifies a sentence with one run, got {len(args.runs)}; "
+                          "pass a single RUN")
+    probs = predict_text(args.runs[0], args.text)
+    if args.json:
+        print(json.dumps(probs, indent=2))
+    else:
+        width = max(map(len, probs))
+        for name, p in sorted(probs.items(), key=lambda kv: -kv[1]):
+            print(f"{name:<{width}}  {100 * p:6.2f}%")
     return 0
 
 
@@ -436,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "or AlexNet's ten crops of the image zero-padded by --crop-padding (crops)")
     p.add_argument("--crop-padding", type=int, metavar="PIXELS",
                    help="padding per side for --tta crops (default: 1/8 of the image height)")
+    p.add_argument("--text", metavar="SENTENCE", help="a text run: print the class "
+                   "probabilities of this sentence (Kim's tokenisation, the run's vocabulary) "
+                   "instead of evaluating a data set")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
