@@ -331,11 +331,13 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_settings(p: argparse.ArgumentParser) -> None:
+def add_settings(p: argparse.ArgumentParser, model_note: str = "; not needed with --resume"
+                 ) -> None:
     """``cnnlab train``'s options, one per :class:`TrainConfig` field, from the field's own
     :class:`~cnnlab.train.config.Setting`. An option not given is None, so that the model's
     recipe, then the field's default, applies; the config checks the values (with near
-    matches for the choices), so the parser leaves choices to it."""
+    matches for the choices), so the parser leaves choices to it. ``model_note`` ends the
+    model argument's help (another command built on training says its own)."""
     from cnnlab import models
     from cnnlab.train.config import SETTINGS
 
@@ -345,7 +347,7 @@ def _add_settings(p: argparse.ArgumentParser) -> None:
         help_ = _setting_help(s.help, None if s.name == "model" else s.default, given)
         help_ = help_.replace("%", "%%")                     # argparse %-formats help
         if s.name == "model":
-            p.add_argument("model", nargs="?", help=f"{help_}; not needed with --resume")
+            p.add_argument("model", nargs="?", help=help_ + model_note)
         elif s.kind is bool:
             p.add_argument(s.flag, action=argparse.BooleanOptionalAction, help=help_)
         else:
@@ -435,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "come from the model's recipe (`cnnlab models --json` shows it), then "
                        "from the defaults.",
                        epilog=_train_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_settings(p)                                    # one option per TrainConfig field
+    add_settings(p)                                     # one option per TrainConfig field
     p.add_argument("--resume", metavar="RUN|auto", help="continue the unfinished run in folder "
                    "RUN from its last checkpoint (a finished RUN: nothing to do); auto, with "
                    "--out RUN: start RUN, continue it, or leave it if finished (for schedulers)")

@@ -150,7 +150,9 @@ def learning_curve(config: TrainConfig, fractions: Sequence[float],
     _check_classifier(config, model, task)
     folder = series.SeriesFolder.open(config, series.LEARNING_CURVE, "auto", overwrite,
                                       "the same command")
-    train_ds, test_ds = series.load_splits(config, model)
+    from cnnlab.train.loop import load_splits
+
+    train_ds, test_ds = load_splits(config, model)
     labels = series.class_labels(train_ds, "learning-curve")
     orders = series.class_orders(labels, config.seed)
     split = series.digest(orders)
@@ -260,7 +262,7 @@ def plot_curve(curve: dict[str, Any], path: Path) -> Path:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``learning-curve`` to ``cnnlab``'s subcommands; its training options are
     ``cnnlab train``'s (one per :class:`TrainConfig` field)."""
-    from cnnlab.cli import _add_settings
+    from cnnlab.cli import add_settings
 
     p: argparse.ArgumentParser = subparsers.add_parser(
         "learning-curve", help="test error against training-set size: a run per fraction of "
@@ -271,7 +273,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "test error) and DIR/curve.png (both errors against the size, log axis). The training "
         "options are those of `cnnlab train`.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_settings(p)
+    add_settings(p, model_note="")
     p.add_argument("--fractions", required=True, metavar="LIST",
                    help=f"comma list of fractions of the training split, in (0, 1] and "
                    f"increasing (e.g. {EXAMPLE})")

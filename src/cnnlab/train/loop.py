@@ -300,6 +300,17 @@ def _fmt(v: float) -> str:
     return f"{v:.4f}"
 
 
+def load_splits(config: TrainConfig, model: nn.Module | None = None
+                ) -> tuple[ImageDataset, ImageDataset]:
+    """The train and test splits of ``config.data``, sized for the model (``model``, else
+    ``config.model``'s registry entry), with the run's data options: what :func:`train`
+    trains and tests on."""
+    size = _input_size(config, model)
+    options = config.data_options()
+    return (load(config.data, "train", config.data_dir, size=size, options=options),
+            load(config.data, "test", config.data_dir, size=size, options=options))
+
+
 def _input_size(config: TrainConfig, model: nn.Module | None) -> tuple[int, ...] | None:
     """The size the model wants its data loaded at (:func:`~cnnlab.data.datasets.size_of`
     its ``default_input_shape``, or the registry's): (H, W) of images, (T, H, W) of clips,
@@ -379,13 +390,7 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, task: Task | N
         if state is not None:
             saved = TrainConfig.from_dict(state["config"], source=str(run.path / CHECKPOINT))
             checkpoint.check_resume(saved, config, int(state["epoch"]), int(state["step"]))
-        if datasets is None:
-            size = _input_size(config, model)
-            options = config.data_options()
-            train_ds = load(config.data, "train", config.data_dir, size=size, options=options)
-            test_ds = load(config.data, "test", config.data_dir, size=size, options=options)
-        else:
-            train_ds, test_ds = datasets
+        train_ds, test_ds = load_splits(config, model) if datasets is None else datasets
         _warn_batch_size(config, train_ds, ctx)
         augment = augmentation.build(config.augment, train_ds)
         cuda = [device.index or 0] if device.type == "cuda" else []

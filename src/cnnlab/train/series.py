@@ -47,7 +47,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from cnnlab.data import ImageDataset, load
+from cnnlab.data import ImageDataset
 from cnnlab.errors import CnnlabError, ConfigError, DataError
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.run import (
@@ -352,18 +352,6 @@ def _say(progress: bool) -> Callable[[str], None]:
     return lambda line: tqdm.write(line)
 
 
-def load_splits(config: TrainConfig, model: nn.Module | None
-                ) -> tuple[ImageDataset, ImageDataset]:
-    """The train and test splits of ``config.data``, sized for the model, as
-    :func:`~cnnlab.train.train` loads them."""
-    from cnnlab.train.loop import _input_size
-
-    size = _input_size(config, model)
-    options = config.data_options()
-    return (load(config.data, "train", config.data_dir, size=size, options=options),
-            load(config.data, "test", config.data_dir, size=size, options=options))
-
-
 # -- cross-validation -----------------------------------------------------------------------
 
 def fold_name(k: int, folds: int) -> str:
@@ -395,6 +383,8 @@ def cross_validate(config: TrainConfig, model: nn.Module | None = None, *,
     folder = SeriesFolder.open(config, CROSS_VALIDATION, resume, overwrite,
                                "`cnnlab train --resume {root}`")
     try:
+        from cnnlab.train.loop import load_splits
+
         train_ds, test_ds = load_splits(config, model) if datasets is None else datasets
         both = train_ds.join(test_ds)
         labels = class_labels(both, "cross-validation")
