@@ -34,6 +34,8 @@ examples:
   cnnlab train lenet5_modern --checkpoint-every 200 --out runs/a    # killed? then:
   cnnlab train --resume runs/a                                      # continues to the bit
   cnnlab train lenet5_modern --out runs/a --resume auto   # start, continue or nothing: rerun it
+  cnnlab train kim_cnn_rand --data mr --data-dir ../shared/data/mr --folds 10 --out runs/mr
+                                     # 10-fold cross-validation: runs/mr/fold-01..10, summary.json
 
 --augment (8.3.4), applied to each training batch:
 {augment}
@@ -205,6 +207,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.text is not None:           # one sentence through a text run (8.6.4)
         return _eval_text(args)
+    _warn_folds(args.runs, args.split)
     # one path: a single run is an ensemble of one, its row what it reports alone
     result = evaluate_ensemble(args.runs, data=args.data, data_dir=args.data_dir,
                                split=args.split, batch_size=args.batch_size, tta=args.tta,
@@ -222,6 +225,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(_ensemble_table(result) if result["task"] == "classification"
               else _figures_table(result))
     return 0
+
+
+def _warn_folds(runs: Sequence[str], split: str) -> None:
+    """A note for each run that is a fold of a cross-validation: the data set's own splits
+    were joined and re-dealt for it, so its training data overlaps either split."""
+    from cnnlab.train.series import governs
+
+    for run in runs:
+        part = governs(run)
+        if part is not None and part[1] is not None:
+            print(f"note: {run} is {part[1]} of the cross-validation in {part[0]}, trained on "
+                  f"most of the data set's {split} split too; its own test figures are in "
+                  f"{part[0] / 'summary.json'}", file=sys.stderr)
 
 
 def _eval_text(args: argparse.Namespace) -> int:

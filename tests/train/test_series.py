@@ -223,6 +223,10 @@ def test_cli_cross_validates_shows_folds_and_resumes(tmp_path, capsys):
     assert line in capsys.readouterr().out
     assert cli.main([*args, "--resume", "auto", "--quiet"]) == 0       # nothing left: kept
     assert line in capsys.readouterr().out
+    # a fold's run evaluated on the data set's test split: a note says it trained on it too
+    assert cli.main(["eval", str(out / "fold-02"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {out / 'fold-02'} is fold-02 of the cross-validation in {out}" in err
 
 
 @pytest.mark.parametrize("folds, message", [
