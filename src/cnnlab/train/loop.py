@@ -352,6 +352,11 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, task: Task | N
     records), ``seconds`` (wall time of the whole call), ``train_seconds`` and
     ``time_to_accuracy`` (``elapsed_seconds`` and ``test_top1`` per epoch, classification).
 
+    ``config.folds`` > 1 (without ``datasets``): k-fold cross-validation instead, a run per
+    fold in ``config.out`` (:func:`cnnlab.train.series.cross_validate`, whose result it
+    returns: the folds' figures, their mean and std, ``run_dir``, ``seconds``); a folder of
+    such a series is refused as a single run.
+
     ``resume``: continue the unfinished run in ``config.out`` from its checkpoint; ``config``
     must be the run's own (:func:`cnnlab.train.checkpoint.resume_config` reads it), except
     for ``epochs`` (not for cosine and onecycle, whose curve depends on it), ``device``,
