@@ -186,4 +186,5 @@ for _variant, (_channels, _fixed, _needs, _lr) in VARIANTS.items():
         preset(KimCNN, channels=_channels, fixed=_fixed, needs_vectors=_needs, name=_name))
 register("kim_cnn_onehot", section="8.6.4", recipe={**_RECIPE, "lr": VARIANTS["rand"][3]},
          summary="Kim's sentence CNN over one-hot words (depth = lexicon size; for counting)")(
-    preset(KimCNN, embed_dim=1, onehot=True, name="kim_cnn_onehot"))
+    preset(KimCNN, embed_dim=1, onehot=True, channels=1, fixed=0, needs_vectors="optional",
+           name="kim_cnn_onehot"))
