@@ -569,8 +569,8 @@ def make_data(name: str, out: str | os.PathLike[str], *, seed: int = 0, fmt: str
 def _epilog() -> str:
     width = max(map(len, GENERATORS))
     rows = "\n".join(f"  {n:<{width}}  {g.summary}" for n, g in GENERATORS.items())
-    return (f"names (objects, their side, the canvas and its clutter; default --train + "
-            f"--test images):\n{rows}\n\n"
+    return (f"names (objects, their side, the canvas and its clutter, or the clip's frame; "
+            f"default --train + --test images or clips):\n{rows}\n\n"
             "examples:\n"
             "  cnnlab make-data digits-single --out data/digits-single --seed 0\n"
             "  cnnlab make-data mnist-single --data-dir ../shared/data --out data/mnist-single\n"
