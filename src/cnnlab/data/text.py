@@ -141,7 +141,6 @@ class TextDataset(ImageDataset):
         super().__init__(ids, labels, name=name, split=split, classes=classes, mean=(), std=())
         self.vocabulary = list(vocabulary)
         self.vectors = vectors
-        self._filled: dict[int, torch.Tensor] = {}     # shared by subsets (copy.copy)
 
     @property
     def vocab_size(self) -> int:
