@@ -53,19 +53,25 @@ class Case:
             torch.tensor(self.weight[2:]).prod()) * int(torch.tensor(out).prod())
 
 
+def conv3d_inputs(name: str, batch: int) -> list[tuple[str, nn.Conv3d, tuple[int, ...]]]:
+    """(path, layer, input shape) of each 3-D convolution of model ``name`` as it runs on a
+    batch of its default clips (on the meta device: shapes only)."""
+    with torch.device("meta"):
+        model = models.create(name).eval()
+    paths = {m: p for p, m in model.named_modules()}
+    found: list[tuple[str, nn.Conv3d, tuple[int, ...]]] = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv3d):
+            m.register_forward_hook(lambda m, i, o: found.append((paths[m], m, tuple(i[0].shape))))
+    with torch.no_grad():
+        model(torch.zeros(batch, *model.default_input_shape, device="meta"))
+    return found
+
+
 def video_cases() -> list[Case]:
     cases = []
     for name, (batch, wanted) in VIDEO.items():
-        model = models.info(name).meta_model
-        found: list[tuple[str, nn.Conv3d, tuple[int, ...]]] = []
-        paths = {m: p for p, m in model.named_modules()}
-        hooks = [m.register_forward_hook(lambda m, i, o: found.append((paths[m], m, tuple(
-            i[0].shape)))) for m in model.modules() if isinstance(m, nn.Conv3d)]
-        with torch.no_grad():
-            model.eval()(torch.zeros(batch, *models.info(name).input_shape, device="meta"))
-        for h in hooks:
-            h.remove()
-        for path, m, shape in found:
+        for path, m, shape in conv3d_inputs(name, batch):
             short = path.removeprefix("cnn.")
             if wanted is not None and short not in wanted:
                 continue
