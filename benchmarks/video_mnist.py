@@ -82,6 +82,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--labels", default=",".join(LABEL_SETS), help="label sets to train on")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="/tmp/cnnlab-bench-video", help="data and run folders")
@@ -96,7 +97,7 @@ def main() -> None:
                   data_dir=SHARED)
     made = time.perf_counter() - t0
     rows: list[dict[str, Any]] = []
-    for labels in LABEL_SETS:
+    for labels in args.labels.split(","):
         for name in args.models.split(","):
             run = out / "runs" / f"{labels}-{name}-{args.train}-e{args.epochs}"
             config = TrainConfig(model=name, data="video", data_dir=str(clips / labels),
