@@ -217,7 +217,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         m = {**result["members"][0], "data": result["data"], "split": result["split"]}
         print(json.dumps(m, indent=2) if args.json else
               f"{m['data']} {m['split']}: {task_class(result['task']).describe(m)} on "
-              f"{m['n']:,} images")
+              f"{m['n']:,} examples")
         return 0
     if args.json:
         print(json.dumps(result, indent=2))
@@ -275,7 +275,7 @@ def _ensemble_table(result: dict[str, Any]) -> str:
         rows.append((f"ensemble of {len(rows)}", "softmax mean", result["ensemble"]))
     w_run = max(len("run"), *(len(r[0]) for r in rows))
     w_model = max(len("model"), *(len(r[1]) for r in rows))
-    title = (f"{result['data']} {result['split']}, {result['n']:,} images, test-time views: "
+    title = (f"{result['data']} {result['split']}, {result['n']:,} examples, test-time views: "
              f"{result['tta']}")
     header = (f"{'run':<{w_run}}  {'model':<{w_model}}  {'top-1':>7}  {'top-5':>7}  "
               f"{'error':>7}  {'loss':>7}")

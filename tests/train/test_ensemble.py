@@ -104,7 +104,7 @@ def test_eval_command_prints_members_and_ensemble(runs, capsys):
     assert main(["eval", a, b, "--quiet"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0] == "digits test, 360 images, test-time views: none"
+    assert lines[0] == "digits test, 360 examples, test-time views: none"
     assert lines[1].split() == ["run", "model", "top-1", "top-5", "error", "loss"]
     assert lines[2].startswith(a) and lines[3].startswith(b)
     assert lines[4].startswith("ensemble of 2") and len(lines) == 5

@@ -131,7 +131,7 @@ def test_eval_reproduces_the_last_epoch_and_prints_mse_and_psnr(trained, digits,
     assert main(["eval", str(run), "--quiet"]) == 0
     assert capsys.readouterr().out == (f"digits test: reconstruction MSE {whole['mse']:.4g}, "
                                        f"PSNR {whole['psnr']:.2f} dB, loss "
-                                       f"{whole['loss']:.4g} on 360 images\n")
+                                       f"{whole['loss']:.4g} on 360 examples\n")
     assert main(["eval", str(run), "--json", "--quiet"]) == 0
     assert set(json.loads(capsys.readouterr().out)) == {"run", "model", "data", "split", "mse",
                                                         "psnr", "loss", "n"}

@@ -108,8 +108,10 @@ def info(name: str) -> ModelInfo:
 
 
 def default_classes(input_shape: tuple[int, ...] | list[int]) -> int:
-    """The class count a model gets unless told: 1000 for ImageNet-size inputs (the
-    published heads, so torchvision's weights load), 10 for small-image (CIFAR, MNIST) ones."""
+    """The class count an image model of ``input_shape`` (C, H, W) gets unless told: 1000 for
+    ImageNet-size inputs (the published heads, so torchvision's weights load), 10 for
+    small-image (CIFAR, MNIST) ones. Models of clips and sentences have their data's own
+    (``info(name).meta_model.num_classes``)."""
     return 1000 if input_shape[-1] >= 64 else 10
 
 
@@ -117,7 +119,7 @@ def create(name: str, num_classes: int | None = None, in_channels: int | None = 
            **kwargs: Any) -> Classifier:
     """Build a registered model: ``create("lenet5", num_classes=10)``.
 
-    ``num_classes`` and ``in_channels`` default to the builder's own: 1000 classes for
+    ``num_classes`` and ``in_channels`` default to the builder's own: e.g. 1000 classes for
     ImageNet models (``create("resnet50")`` is torchvision's resnet50; see
     :func:`default_classes`) and 10 for the small-image ones, 1 channel for LeNet-5 and 3 for
     the others. Other keyword arguments go to the builder, which must take them: an unknown
