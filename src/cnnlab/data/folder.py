@@ -50,30 +50,28 @@ def check_channels(img: Image.Image, where: str, channels: int) -> None:
                          f"(e.g. Pillow's .convert({'L' if channels == 1 else 'RGB'!r}))")
 
 
-def _is_image(p: Path) -> bool:
-    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUFFIXES
-
-
-def scan(split_dir: Path) -> tuple[list[str], list[tuple[Path, str]]]:
-    """The class names (sorted sub-folders) and every (image path, class name), in order."""
+def scan(split_dir: Path, suffixes: frozenset[str] = SUFFIXES, what: str = "image"
+         ) -> tuple[list[str], list[tuple[Path, str]]]:
+    """The class names (sorted sub-folders) and every (file path, class name), in order: the
+    files of ``what`` (images, videos, texts) are those with one of ``suffixes``."""
     if kind(split_dir) != "dir":
-        raise DataError(f"image folder {split_dir} does not exist; an image folder data set "
+        raise DataError(f"{what} folder {split_dir} does not exist; a {what} folder data set "
                         "needs ROOT/train/<class>/ and ROOT/test/<class>/ sub-folders")
     try:
         classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir()
                          and not d.name.startswith("."))
         if not classes:
-            raise DataError(f"{split_dir} has no class sub-folders; put each class's images in "
-                            f"{split_dir}/<class name>/")
+            raise DataError(f"{split_dir} has no class sub-folders; put each class's {what} "
+                            f"files in {split_dir}/<class name>/")
         items = [(p, c) for c in classes for p in sorted((split_dir / c).iterdir())
-                 if _is_image(p)]
+                 if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes]
     except PermissionError as err:
-        raise DataError(f"cannot read {err.filename}: permission denied; make the image folder "
+        raise DataError(f"cannot read {err.filename}: permission denied; make the {what} folder "
                         f"readable (chmod -R u+rX '{split_dir}') or copy it somewhere "
                         "readable") from None
     except OSError as err:
         raise DataError(f"cannot read {err.filename or split_dir}: {err.strerror or err}; "
-                        "check the image folder") from None
+                        f"check the {what} folder") from None
     return classes, items
 
 

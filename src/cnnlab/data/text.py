@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.data.datasets import SPLITS, ImageDataset
+from cnnlab.data.datasets import DATA_OPTIONS, SPLITS, ImageDataset
 from cnnlab.data.files import as_path, kind, resolve_data_dir
 from cnnlab.data.vectors import GLOVE_6B_50D, dimension, kim_fill, lookup
 from cnnlab.errors import DataError
@@ -67,7 +67,6 @@ MR_ENCODING = "cp1252"                # MR's README: Windows-1252, not UTF-8
 TEST_FRACTION = 0.1                   # the held-out tenth of a corpus without a split
 SPLIT_SEED = 0                        # random.Random(SPLIT_SEED) orders each class for it
 SUFFIXES = frozenset({".txt"})
-_OPTIONS = {"vectors": None, "frame_stride": 1}   # the data options of TrainConfig: defaults
 
 _NOT_KEPT = re.compile(r"[^A-Za-z0-9(),!?'`]")
 _SPLIT_OFF = [(re.compile(p), r) for p, r in (
@@ -229,8 +228,8 @@ def predict_text(run: str | os.PathLike[str], text: str) -> dict[str, float]:
 # -- readers --------------------------------------------------------------------------------
 
 def _check_options(options: Mapping[str, Any] | None) -> str | None:
-    opts = {**_OPTIONS, **(options or {})}
-    if opts["frame_stride"] != _OPTIONS["frame_stride"]:
+    opts = {**DATA_OPTIONS, **(options or {})}
+    if opts["frame_stride"] != DATA_OPTIONS["frame_stride"]:
         raise DataError(f"--frame-stride {opts['frame_stride']} does not apply to sentences "
                         "(it takes frames of videos); drop it")
     vectors = opts["vectors"]
@@ -300,17 +299,9 @@ def load_mr(split: str = "train", data_dir: str | os.PathLike[str] | None = None
 
 def _read_folder(split_dir: Path) -> tuple[list[str], list[list[str]], list[int]]:
     """(classes, sentences, labels) of ``split_dir/<class>/*.txt``."""
-    try:
-        classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir()
-                         and not d.name.startswith("."))
-        if not classes:
-            raise DataError(f"{split_dir} has no class sub-folders; put each class's text "
-                            f"files in {split_dir}/<class name>/")
-        files = [(p, c) for c in classes for p in sorted((split_dir / c).iterdir())
-                 if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUFFIXES]
-    except OSError as err:
-        raise DataError(f"cannot read {err.filename or split_dir}: {err.strerror or err}; make "
-                        "the text folder readable") from None
+    from cnnlab.data.folder import scan  # the class folders, as an image folder's
+
+    classes, files = scan(split_dir, SUFFIXES, "text")
     sentences, labels = [], []
     for path, cls in files:
         try:

@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnlab.data.datasets import SPLITS, ImageDataset
+from cnnlab.data.datasets import DATA_OPTIONS, SPLITS, ImageDataset
 from cnnlab.data.files import as_path, kind
-from cnnlab.data.folder import LAZY_BYTES, LazyImages, _as_int
+from cnnlab.data.folder import LAZY_BYTES, LazyImages, _as_int, scan
 from cnnlab.errors import DataError
 
 __all__ = ["DEFAULT_FRAMES", "FPS", "STATS_SAMPLE", "SUFFIXES", "LazyClips", "encode_clip",
@@ -57,7 +57,6 @@ DEFAULT_FRAMES = 16          # T when no size is given: C3D's clip length ([500]
 FPS = 10                     # frame rate written by write_clip (a clip's frames are what count)
 NAME = "video"               # the data set's name, as load("video", ...) calls it
 STATS_SAMPLE = 256           # training clips behind a lazy folder's mean and std
-_OPTIONS = {"vectors": None, "frame_stride": 1}   # the data options of TrainConfig: defaults
 
 
 def _av() -> Any:
@@ -69,27 +68,9 @@ def _av() -> Any:
     return av
 
 
-def _is_video(p: Path) -> bool:
-    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUFFIXES
-
-
 def scan_videos(split_dir: Path) -> tuple[list[str], list[tuple[Path, str]]]:
     """The class names (sorted sub-folders) and every (video path, class name), in order."""
-    if kind(split_dir) != "dir":
-        raise DataError(f"video folder {split_dir} does not exist; a video folder data set needs "
-                        "ROOT/train/<class>/ and ROOT/test/<class>/ sub-folders of video files")
-    try:
-        classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir()
-                         and not d.name.startswith("."))
-        if not classes:
-            raise DataError(f"{split_dir} has no class sub-folders; put each class's videos in "
-                            f"{split_dir}/<class name>/")
-        items = [(p, c) for c in classes for p in sorted((split_dir / c).iterdir())
-                 if _is_video(p)]
-    except OSError as err:
-        raise DataError(f"cannot read {err.filename or split_dir}: {err.strerror or err}; make "
-                        "the video folder readable") from None
-    return classes, items
+    return scan(split_dir, SUFFIXES, "video")
 
 
 def _stream_mode(path: Path) -> str:
@@ -200,10 +181,10 @@ def _check_options(options: Mapping[str, Any] | None) -> int:
     """The frame stride from the data options; an option video cannot use is refused."""
     options = dict(options or {})
     for key, value in options.items():
-        if key not in _OPTIONS:
+        if key not in DATA_OPTIONS:
             raise DataError(f"video data has no option {key!r}; it takes "
-                            f"{', '.join(_OPTIONS)}")
-        if key != "frame_stride" and value != _OPTIONS[key]:
+                            f"{', '.join(DATA_OPTIONS)}")
+        if key != "frame_stride" and value != DATA_OPTIONS[key]:
             raise DataError(f"--{key.replace('_', '-')} {value!r} does not apply to video data; "
                             "leave it out")
     stride = options.get("frame_stride", 1)
