@@ -51,6 +51,22 @@ def test_strict_mode_accepts_strides_that_fit_exercise_3(capsys):
         assert (code == 0) == ok, (stride, err)
 
 
+def test_summary_takes_builder_arguments(capsys):
+    """Kim's three convolutions (widths 3, 4, 5; 100 maps) over 50-d word vectors: 60,300
+    weights, against 360,300 over the builder's 300-d."""
+    def convs(*extra):
+        code, out, _ = run(capsys, "summary", "kim_cnn_rand", "--json", *extra)
+        assert code == 0
+        rows = json.loads(out)["rows"]
+        return sum(r["params"] for r in rows if r["kind"] == "Conv1d")
+    assert convs("--arg", "embed_dim=50") == 50 * 100 * 12 + 300
+    assert convs() == 300 * 100 * 12 + 300
+    code, _, err = run(capsys, "summary", "kim_cnn_rand", "--arg", "embdim=50")
+    assert code == 2 and "did you mean embed_dim?" in err
+    code, _, err = run(capsys, "summary", "C5D6 R", "--input", "1x8x8", "--arg", "x=1")
+    assert code == 2 and "is not a model name; drop --arg" in err
+
+
 def test_summary_of_a_spec_as_json(capsys):
     code, out, _ = run(capsys, "summary", "C5D6p0 R P C5D16p0 R P F120 R F84 R F10",
                        "--input", "1x32x32", "--json")

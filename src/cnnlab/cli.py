@@ -47,6 +47,9 @@ examples:
 EPILOG_SUMMARY = """\
 examples:
   cnnlab summary lenet5
+  cnnlab summary kim_cnn_onehot                         # one-hot words: 22.5 M first-layer weights
+  cnnlab summary kim_cnn_rand --arg embed_dim=50        # a builder argument: 50-d embeddings
+  cnnlab summary c3d --input 3x16x112x112               # a clip: C x T x H x W
   cnnlab summary "C5D6p0 R P C5D16p0 R P F120 R F84 R F10" --input 1x32x32
   cnnlab summary "C11D96s4p2 LRN M3s2 C5D256 LRN M3s2 C3D384 C3D384 C3D256 M3s2 FC4096 FC4096 FC1000 S" --input 3x224x224
 """
@@ -95,8 +98,31 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_args_list(items: Sequence[str]) -> dict[str, Any]:
+    """``["embed_dim=50", "batch_norm=false"]`` -> ``{"embed_dim": 50, "batch_norm": False}``:
+    a number, true/false, or the text itself."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise CnnlabError(f"--arg {item!r}: give KEY=VALUE, e.g. --arg embed_dim=50")
+        value: Any = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(raw)
+                    break
+                except ValueError:
+                    continue
+        out[key.strip()] = value
+    return out
+
+
 def _model_or_spec(target: str, input_shape: tuple[int, ...] | None,
-                   num_classes: int | None, strict: bool = False) -> tuple[Any, tuple[int, ...]]:
+                   num_classes: int | None, strict: bool = False,
+                   builder_args: dict[str, Any] | None = None) -> tuple[Any, tuple[int, ...]]:
     """The model, on the meta device (shapes and counts, no memory), and its input shape."""
     import torch
 
@@ -104,12 +130,17 @@ def _model_or_spec(target: str, input_shape: tuple[int, ...] | None,
 
     if target in models.names():
         entry = models.info(target)
-        shape = input_shape or entry.input_shape
         # a text model takes no channel count: its shape is (L,) token ids
-        channels = {"in_channels": shape[0]} if "in_channels" in entry.arguments() else {}
+        channels = ({"in_channels": input_shape[0]} if input_shape is not None
+                    and "in_channels" in entry.arguments() else {})
         with torch.device("meta"):
-            model = models.create(target, num_classes=num_classes, **channels)
-        return model, shape
+            model = models.create(target, num_classes=num_classes,
+                                  **{**channels, **(builder_args or {})})
+        # the built model's own input unless told: builder arguments may change it
+        return model, input_shape or tuple(model.default_input_shape)
+    if builder_args:
+        raise CnnlabError(f"--arg goes to a model's builder, but {target!r} is not a model "
+                          "name; drop --arg, or run `cnnlab models` for the names")
     if input_shape is None:
         raise CnnlabError(f"{target!r} is not a model name, so it is read as a network in the "
                           "chapter's notation, which needs --input CxHxW; run `cnnlab models` "
@@ -125,7 +156,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from cnnlab import inspect
 
     shape = parse_shape(args.input) if args.input else None
-    model, shape = _model_or_spec(args.target, shape, args.num_classes, args.strict)
+    model, shape = _model_or_spec(args.target, shape, args.num_classes, args.strict,
+                                  parse_args_list(args.arg))
     with torch.device("meta"):      # shapes and counts only: nothing is allocated
         summary = inspect.summarize(model, shape)
     name = args.target if len(args.target) <= 40 else f"{args.target[:36]}..."
@@ -445,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "ImageNet-sized models)")
     p.add_argument("--strict", action="store_true", help="refuse a stride that does not divide "
                    "L + 2P - F exactly (exercise 3 of 8.9)")
+    p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="an argument of the model's builder (repeatable), e.g. embed_dim=50; "
+                   "VALUE is read as a number, true/false, or text")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_summary)
 
