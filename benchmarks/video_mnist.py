@@ -80,6 +80,8 @@ def main() -> None:
     p.add_argument("--test", type=int, default=500, help="test clips (default 500)")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--schedule", default="step",
+                   help="learning-rate schedule (TrainConfig.schedule; default step, no drop)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--labels", default=",".join(LABEL_SETS), help="label sets to train on")
@@ -99,10 +101,12 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for labels in args.labels.split(","):
         for name in args.models.split(","):
-            run = out / "runs" / f"{labels}-{name}-{args.train}-e{args.epochs}"
+            run = out / "runs" / (f"{labels}-{name}-{args.train}-e{args.epochs}"
+                                  + ("" if args.schedule == "step" else f"-{args.schedule}"))
             config = TrainConfig(model=name, data="video", data_dir=str(clips / labels),
                                  epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                                 seed=0, device=args.device, out=str(run))
+                                 schedule=args.schedule, seed=0, device=args.device,
+                                 out=str(run))
             t1 = time.perf_counter()
             if (run / WEIGHTS).is_file():
                 result = None
@@ -130,9 +134,11 @@ def main() -> None:
         "what": "Moving-MNIST (make-data moving-mnist, seed 0: one MNIST digit bouncing in "
                 "64x64 for 20 frames; clips of the first 16 frames), digit and direction "
                 "labels of the same clips; each model trained by cnnlab train (SGD momentum "
-                "0.9, weight decay 5e-4, constant lr, seed 0) and tested on the test clips",
+                "0.9, weight decay 5e-4, the lr schedule in settings, seed 0) and tested on "
+                "the test clips",
         "settings": {"train_clips": args.train, "test_clips": args.test, "epochs": args.epochs,
-                     "lr": args.lr, "batch_size": args.batch_size, "device": args.device,
+                     "lr": args.lr, "schedule": args.schedule, "batch_size": args.batch_size,
+                     "device": args.device,
                      "threads": args.threads, "clip": [1, 16, 64, 64]},
         "chance": {"digit": 0.1, "direction": 1 / 4},
         "make_data_seconds": made, "rows": rows, "machine": machine()})
