@@ -484,9 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("train", help="train a model and save the run folder",
-                       description="Train a model with SGD + momentum. Settings you leave out "
-                       "come from the model's recipe (`cnnlab models --json` shows it), then "
-                       "from the defaults.",
+                       description="Train a model (SGD with momentum unless --optimizer says "
+                       "otherwise). Settings you leave out come from the model's recipe "
+                       "(`cnnlab models --json` shows it), then from the defaults.",
                        epilog=_train_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_settings(p)                                     # one option per TrainConfig field
     p.add_argument("--resume", metavar="RUN|auto", help="continue the unfinished run in folder "

@@ -69,6 +69,7 @@ def test_token_ids_and_clips_are_examples():
     clips = ImageDataset(torch.rand(3, 2, 4, 5, 5), torch.zeros(3, dtype=torch.long), name="c",
                          split="train", classes="ab", mean=(0.5, 0.25), std=(0.5, 0.5))
     assert clips.shape == (2, 4, 5, 5) and not clips.tokens
+    assert (ids.unit, clips.unit, clips.subset([0]).unit) == ("sentences", "clips", "clips")
     assert clips.model_args() == {"in_channels": 2}
     torch.testing.assert_close(clips.normalize(clips.images)[:, 1],
                                (clips.images[:, 1] - 0.25) / 0.5)

@@ -9,7 +9,7 @@ from torch import nn
 
 from cnnlab.data import ImageDataset, load
 from cnnlab.errors import CnnlabError
-from cnnlab.train import Schedule, TrainConfig, train
+from cnnlab.train import Schedule, TrainConfig, optim, train
 from cnnlab.train import loop as loop_mod
 from cnnlab.train import tasks as tasks_mod
 
@@ -170,6 +170,33 @@ def test_nesterov_reaches_the_optimizer(tmp_path, digits, monkeypatch):
     train(config(tmp_path, epochs=1, nesterov=True, momentum=0.8), tiny(), progress=False,
           datasets=digits)
     assert made[0]["nesterov"] is True and made[0]["momentum"] == 0.8
+
+
+@pytest.mark.parametrize("name,cls,extra", [
+    ("sgd", torch.optim.SGD, {"momentum": 0.9, "nesterov": False}),
+    ("adadelta", torch.optim.Adadelta, {"rho": 0.95, "eps": 1e-6}),     # Zeiler's and Kim's
+    ("adam", torch.optim.Adam, {"betas": (0.9, 0.999)}),
+    ("adamw", torch.optim.AdamW, {"betas": (0.9, 0.999)}),
+])
+def test_each_optimizer_is_torchs_with_the_configs_rate_and_decay(name, cls, extra):
+    w = nn.Parameter(torch.zeros(3))
+    opt = optim.make([w], TrainConfig(optimizer=name, lr=0.5, weight_decay=1e-3))
+    assert type(opt) is cls
+    assert {k: opt.defaults[k] for k in ("lr", "weight_decay", *extra)} == \
+        {"lr": 0.5, "weight_decay": 1e-3, **extra}
+
+
+def test_the_schedule_sets_adadeltas_rate_too(tmp_path, digits):
+    result = train(config(tmp_path, epochs=2, optimizer="adadelta", lr=1.0, schedule="step",
+                          lr_step=1, lr_gamma=0.5), tiny(), progress=False, datasets=digits)
+    assert [h["lr"] for h in result["history"]] == [1.0, 0.5]
+    assert math.isfinite(result["history"][-1]["train_loss"])
+
+
+def test_nesterov_is_refused_for_another_optimizer():
+    with pytest.raises(CnnlabError, match=r"nesterov=True is SGD's, got optimizer='adam'; "
+                                          r"drop --nesterov or use --optimizer sgd"):
+        TrainConfig(optimizer="adam", nesterov=True)
 
 
 def test_label_smoothing_is_cross_entropys(tmp_path, digits, monkeypatch):

@@ -28,6 +28,9 @@ def test_off_a_terminal_a_plain_line_comes_at_each_interval():
     assert lines[2].startswith("epoch 1/2: step 3/4 (75%), ")
     assert all(" img/s, loss 0.5000, " in line and line.endswith(" left") for line in lines)
     assert bar.getvalue() == ""                                  # no bar in a log file
+    p = Progress(4, 0, "epoch 1/2", every=0.0, bar=bar, log=log, unit="sentences")
+    p.advance(50, lambda: 0.5)
+    assert " sentences/s, loss 0.5000, " in log.getvalue().splitlines()[-1]
 
 
 def test_the_interval_bounds_the_lines_and_the_syncs():

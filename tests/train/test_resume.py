@@ -132,6 +132,18 @@ def test_a_killed_run_resumes_bit_identical(tmp_path, digits, reference, kill_at
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == FINISHED  # no checkpoint
 
 
+@pytest.mark.parametrize("optimizer,lr", [("adadelta", 1.0), ("adam", 0.01)])
+def test_the_other_optimizers_resume_bit_identical(tmp_path, digits, optimizer, lr):
+    # their state (AdaDelta's two running averages, Adam's moments and step count) is in the
+    # checkpoint too
+    settings = {"optimizer": optimizer, "lr": lr, "nesterov": False}
+    train(config(tmp_path, name="whole", **settings), tiny(), progress=False, datasets=digits)
+    got, _ = kill_and_resume(tmp_path, digits, 7, **settings)
+    assert got["global_step"] == 6
+    assert same_weights(tmp_path / "whole", tmp_path / "run")
+    assert metrics(tmp_path / "run") == metrics(tmp_path / "whole")
+
+
 def test_killed_twice_still_bit_identical(tmp_path, digits, reference):
     cfg = config(tmp_path, plots=False)
     with pytest.raises(Killed):

@@ -115,6 +115,13 @@ class ImageDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return tuple(int(v) for v in self.images.shape[1:])
 
     @property
+    def unit(self) -> str:
+        """What a rate counts (``340 sentences/s``): img, clips, sentences or signals."""
+        if self.tokens:
+            return "sentences"
+        return {2: "signals", 4: "clips"}.get(len(self.shape), "img")
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of every image."""
         if len(self.shape) != 3:

@@ -18,6 +18,7 @@ from typing import Any
 from cnnlab import data as _data
 from cnnlab.data.datasets import BOX_FORMATS, CROPS, DATA_OPTIONS, FOLDER, LOADERS
 from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.train.optim import OPTIMIZERS
 
 KERNELS = ("native", "reference")
 SCHEDULES = ("step", "constant", "cosine", "onecycle", "plateau")
@@ -103,7 +104,7 @@ class TrainConfig:
                            lambda v: v >= 1)
     batch_size: int = _setting(64, "images per SGD step", "a positive int", lambda v: v >= 1)
     lr: float = _setting(0.01, "initial learning rate", "a positive number", lambda v: v > 0)
-    momentum: float = _setting(0.9, "SGD momentum, in [0, 1)", "a number in [0, 1)",
+    momentum: float = _setting(0.9, "SGD momentum, in [0, 1) (optimizer sgd only)", "a number in [0, 1)",
                                lambda v: 0 <= v < 1)
     weight_decay: float = _setting(5e-4, "L2 coefficient on every trainable parameter",
                                    "a number >= 0", lambda v: v >= 0)
@@ -132,6 +133,9 @@ class TrainConfig:
                             "'auto', 'none' or a comma list of transforms such as 'crop4,flip'",
                             _augment_ok, metavar="LIST")
     # -- optimisation (cnnlab.train.optim)
+    optimizer: str = _setting("sgd", "sgd: momentum and L2 decay (8.3.5); adadelta: "
+                              "Zeiler's, Kim's for his text CNN (lr 1 is the paper's rule); "
+                              "adam; adamw: decoupled weight decay", choices=tuple(OPTIMIZERS))
     nesterov: bool = _setting(False, "Nesterov momentum (needs momentum > 0)")
     schedule: str = _setting("step", "learning-rate schedule; step: lr_step and lr_gamma, "
                              "plateau: lr*gamma when the test error stalls", choices=SCHEDULES)
@@ -221,6 +225,9 @@ class TrainConfig:
             raise refuse(f"lr_step={self.lr_step} drops the learning rate of schedule 'step' "
                          f"only, got schedule={self.schedule!r}; drop --lr-step or use "
                          "--schedule step", "lr_step", "schedule")
+        if self.nesterov and self.optimizer != "sgd":
+            raise refuse(f"nesterov=True is SGD's, got optimizer={self.optimizer!r}; drop "
+                         "--nesterov or use --optimizer sgd", "nesterov", "optimizer")
         if self.nesterov and self.momentum == 0:
             raise refuse("nesterov=True needs momentum > 0, got momentum=0.0; set --momentum "
                          "(e.g. 0.9) or drop --nesterov", "nesterov", "momentum")

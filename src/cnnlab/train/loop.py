@@ -67,13 +67,13 @@ class Progress:
     """A pass's progress: tqdm's bar on a terminal (stderr); elsewhere (a log file under
     nohup, CI, a cluster's log) a plain line on stdout, beside the epoch lines, every
     ``every`` seconds (default ``$CNNLAB_PROGRESS_SECONDS``, else 30) with the figures the
-    bar shows -- step, images/s, running loss, time left -- so a stuck run and a slow one
-    look different. ``enabled=False``: silent."""
+    bar shows -- step, examples (``unit``) per second, running loss, time left -- so a stuck
+    run and a slow one look different. ``enabled=False``: silent."""
 
     def __init__(self, total: int, initial: int, desc: str, enabled: bool = True,
                  every: float | None = None, bar: TextIO | None = None,
-                 log: TextIO | None = None) -> None:
-        self.total, self.done, self.desc = total, initial, desc
+                 log: TextIO | None = None, unit: str = "img") -> None:
+        self.total, self.done, self.desc, self.unit = total, initial, desc, unit
         self.every = progress_seconds() if every is None else every
         bar_stream, self.log = bar or sys.stderr, log or sys.stdout
         terminal = enabled and _isatty(bar_stream)
@@ -102,7 +102,7 @@ class Progress:
             rate = self.images / max(now - self.start, 1e-9)
             left = (self.total - self.done) * (now - self.start) / self.steps
             print(f"{self.desc}: step {self.done}/{self.total} "
-                  f"({100 * self.done / max(self.total, 1):.0f}%), {rate:,.0f} img/s, "
+                  f"({100 * self.done / max(self.total, 1):.0f}%), {rate:,.0f} {self.unit}/s, "
                   f"loss {value:.4f}, {_clock(left)} left", file=self.log, flush=True)
             return value
         return None
@@ -236,7 +236,8 @@ def run_epochs(state: RunState, test_ds: ImageDataset, first: int, totals: Epoch
     last: dict[str, Any] = {}
     for epoch in range(first, config.epochs + 1):
         lr = schedule.lr_at((epoch - 1) * len(batches))
-        bar = Progress(len(batches), totals.step, f"epoch {epoch}/{config.epochs}", progress)
+        bar = Progress(len(batches), totals.step, f"epoch {epoch}/{config.epochs}", progress,
+                       unit=train_ds.unit)
         _sync(state.device)
         t0 = time.perf_counter()
 
@@ -287,7 +288,8 @@ def run_epochs(state: RunState, test_ds: ImageDataset, first: int, totals: Epoch
             shown = ", ".join(f"{k} {_fmt(v)}" for k, v in fit.items() if k != "n")
             tested = ", ".join(f"{k} {_fmt(figures[k])}" for k in task.headline)
             tqdm.write(f"epoch {epoch}/{config.epochs}: train {shown} | test {tested} | "
-                       f"lr {lr:g} | {seconds:.1f} s, {record['images_per_second']:,.0f} img/s")
+                       f"lr {lr:g} | {seconds:.1f} s, {record['images_per_second']:,.0f} "
+                       f"{train_ds.unit}/s")
         last = test.sums
     if not last:           # resumed after the last epoch's checkpoint: nothing left to train
         distributed.broadcast_buffers(state.context, state.model)
@@ -473,7 +475,7 @@ def _run_state(model: nn.Module, config: TrainConfig, folder: RunFolder, device:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ModelError(f"model {config.model!r} has no trainable parameters")
-    optimizer = optim.sgd(params, config)
+    optimizer = optim.make(params, config)
     shuffle = torch.Generator().manual_seed(config.seed)
     batches = Batches(train_ds, config.batch_size, device, shuffle, config.num_workers, ctx)
     schedule = optim.Schedule(config, len(batches))

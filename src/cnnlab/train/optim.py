@@ -1,4 +1,15 @@
-"""SGD and the learning-rate schedules of a :class:`~cnnlab.train.TrainConfig`.
+"""The optimizer and the learning-rate schedule of a :class:`~cnnlab.train.TrainConfig`.
+
+Optimizers (``optimizer``), each torch's, with ``lr`` and ``weight_decay`` from the config:
+
+``sgd``       mini-batch SGD with ``momentum`` (and ``nesterov``), L2 weight decay: the
+              chapter's (8.3.5) and the zoo's
+``adadelta``  Zeiler's AdaDelta with his and Kim's rho = 0.95, eps = 1e-6; ``lr`` scales
+              the update (1.0: the paper's rule; Kim trains his text CNN with it, 8.6.4)
+``adam``      Adam, betas (0.9, 0.999), L2 weight decay added to the gradient
+``adamw``     Adam with decoupled weight decay (Loshchilov and Hutter)
+
+The schedule sets each step's ``lr`` whatever the optimizer.
 
 The learning rate is a function of the global step (0, 1, ... over the whole run), so a
 resumed run continues the same curve exactly, with nothing to save but the plateau state:
@@ -21,26 +32,47 @@ curve over the first W steps.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cnnlab.train.config import TrainConfig
+if TYPE_CHECKING:
+    from cnnlab.train.config import TrainConfig
 
 ONECYCLE_WARMUP = 0.3            # torch's OneCycleLR pct_start
 ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 25.0, 1e4
 
 
-def sgd(params: Iterable[torch.nn.Parameter], config: TrainConfig) -> torch.optim.SGD:
-    """Mini-batch SGD with (Nesterov) momentum and L2 weight decay, as the config says."""
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay, nesterov=config.nesterov)
+ADADELTA_RHO, ADADELTA_EPS = 0.95, 1e-6     # Zeiler (2012) and Kim (2014)
+
+Params = Iterable[torch.nn.Parameter]
+# ``optimizer`` -> its builder (TrainConfig's choices are these keys)
+OPTIMIZERS: dict[str, Callable[[Params, TrainConfig], torch.optim.Optimizer]] = {
+    "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum,
+                                        weight_decay=c.weight_decay, nesterov=c.nesterov),
+    "adadelta": lambda p, c: torch.optim.Adadelta(p, lr=c.lr, rho=ADADELTA_RHO,
+                                                  eps=ADADELTA_EPS, weight_decay=c.weight_decay),
+    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay),
+    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay),
+}
+
+
+def make(params: Params, config: TrainConfig) -> torch.optim.Optimizer:
+    """The config's optimizer over ``params``.
+
+    >>> from cnnlab.train import TrainConfig
+    >>> w = torch.nn.Parameter(torch.zeros(2))
+    >>> type(make([w], TrainConfig(optimizer="adadelta", lr=1.0))).__name__
+    'Adadelta'
+    """
+    return OPTIMIZERS[config.optimizer](params, config)
 
 
 class Schedule:
     """The learning rate of every step of a run; ``steps_per_epoch`` batches per epoch.
 
+    >>> from cnnlab.train import TrainConfig
     >>> s = Schedule(TrainConfig(lr=0.1, epochs=10, schedule="cosine"), steps_per_epoch=10)
     >>> s.lr_at(0), round(s.lr_at(50), 6)
     (0.1, 0.05)
