@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from _checks import assert_learns, kernels_agree
 
 from cnnlab import models, ops
 from cnnlab.errors import ModelError
@@ -216,15 +217,7 @@ def test_both_kernels_agree(name, kwargs):
     torch.manual_seed(0)
     model = models.create(name, **kwargs).double().eval()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    results = []
-    for kernel in ("native", "reference"):
-        model.zero_grad()
-        with ops.kernels(kernel):
-            out = model(x)
-            out.square().sum().backward()
-        results.append([out.detach()] + [p.grad.clone() for p in model.parameters()])
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    kernels_agree(model, x)
 
 
 @pytest.mark.parametrize("name, kwargs", [("alexnet_cifar", {}), ("zfnet_cifar", {}),
@@ -234,21 +227,7 @@ def test_cifar_variant_trains(name, kwargs):
     model = models.create(name, num_classes=10, **kwargs)
     y = torch.arange(4)                                     # 4 classes, a noisy template each
     x = torch.randn(4, 3, 32, 32)[y] + 0.5 * torch.randn(4, 3, 32, 32)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-
-    def loss():
-        model.eval()
-        with torch.no_grad():
-            value = F.cross_entropy(model(x), y).item()
-        model.train()
-        return value
-
-    before = loss()
-    for _ in range(8):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    assert loss() < 0.95 * before           # ~2.30 -> ~2.0-2.1 after 8 steps
+    assert_learns(model, x, y, steps=8, lr=0.05)           # ~2.30 -> ~2.0-2.1 after 8 steps
 
 
 def test_cifar_variants_volumes():

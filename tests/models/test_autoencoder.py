@@ -5,6 +5,7 @@ import doctest
 
 import pytest
 import torch
+from _checks import kernels_agree
 
 from cnnlab import models, ops
 from cnnlab.errors import CnnlabError, ModelError, ShapeError
@@ -209,16 +210,7 @@ def test_both_kernels_agree_in_float64_at_odd_sizes(name):
              else models.create(name)).double()
     side = 15 if name != "cae_lenet5" else 17
     x = torch.rand(2, 1, side, side, dtype=torch.float64)
-    outs, grads = [], []
-    for kernel in ("native", "reference"):
-        model.zero_grad()
-        with ops.kernels(kernel):
-            out = model(x)
-            out.square().sum().backward()
-        outs.append(out.detach())
-        grads.append([p.grad.clone() for p in model.parameters()])
-    for a, b in zip([outs[0], *grads[0]], [outs[1], *grads[1]], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    kernels_agree(model, x, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("module", [family, layers])

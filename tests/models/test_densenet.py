@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
+from _checks import assert_learns, kernels_agree
 from torch import nn
 
 from cnnlab import models, ops
@@ -168,15 +168,7 @@ def test_both_kernels_agree(kwargs, train):
     torch.manual_seed(0)
     model = densenet_cifar(**kwargs).double().train(train)
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
-    results = []
-    for kernel in ("native", "reference"):
-        model.zero_grad()
-        with ops.kernels(kernel):
-            out = model(x)
-            out.square().sum().backward()
-        results.append([out.detach()] + [p.grad.clone() for p in model.parameters()])
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    kernels_agree(model, x)
 
 
 def test_imagenet_form_runs_at_a_small_size_on_both_kernels():
@@ -196,21 +188,7 @@ def test_tiny_densenet_bc_trains():
     model = densenet_cifar(num_classes=10, depth=16, growth_rate=6)
     y = torch.arange(8) % 4                                 # 4 classes, one template each
     x = torch.randn(4, 3, 16, 16)[y] + 0.5 * torch.randn(8, 3, 16, 16)   # any size fits
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-
-    def loss():
-        model.eval()
-        with torch.no_grad():
-            value = F.cross_entropy(model(x), y).item()
-        model.train()
-        return value
-
-    before = loss()
-    for _ in range(8):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    assert loss() < 0.9 * before
+    assert_learns(model, x, y, steps=8, lr=0.1, factor=0.9)
 
 
 def test_feature_reuse_in_a_dense_layer_is_concatenation():

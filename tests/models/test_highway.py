@@ -4,8 +4,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from _checks import assert_learns, kernels_agree
 
-from cnnlab import models, ops
+from cnnlab import models
 from cnnlab.errors import ModelError
 from cnnlab.inspect import summarize
 from cnnlab.models.highway import HighwayConv2d, HighwayLinear
@@ -144,15 +145,7 @@ def test_both_kernels_agree():
     torch.manual_seed(0)
     model = models.create("highway_cifar").double().eval()
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)       # small: the reference kernel is slow
-    results = []
-    for kernel in ("native", "reference"):
-        model.zero_grad()
-        with ops.kernels(kernel):
-            out = model(x)
-            out.square().sum().backward()
-        results.append([out.detach()] + [p.grad.clone() for p in model.parameters()])
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    kernels_agree(model, x)
 
 
 def test_cifar_variant_trains():
@@ -160,21 +153,7 @@ def test_cifar_variant_trains():
     model = models.create("highway_cifar", num_classes=10)
     y = torch.arange(4)                                     # 4 classes, one noisy template each
     x = torch.randn(4, 3, 32, 32) + 0.5 * torch.randn(4, 3, 32, 32)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-
-    def loss():
-        model.eval()
-        with torch.no_grad():
-            value = F.cross_entropy(model(x), y).item()
-        model.train()
-        return value
-
-    before = loss()
-    for _ in range(6):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    assert loss() < 0.95 * before           # ~2.36 -> ~1.6 after 6 steps
+    assert_learns(model, x, y, steps=6, lr=0.05)           # ~2.36 -> ~1.6 after 6 steps
 
 
 # --------------------------------------------------------------------------- errors

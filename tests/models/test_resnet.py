@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from _checks import kernels_agree
 from torch import nn
 
-from cnnlab import models, ops
+from cnnlab import models
 from cnnlab.errors import ModelError
 from cnnlab.models.resnet import BasicBlock, Bottleneck, ResNet
 
@@ -19,14 +20,9 @@ PUBLISHED = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_
              "resnext101_64x4d": 83_455_272, "wide_resnet101_2": 126_886_696}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these nets run many small ops, and on a busy 2-core machine every
-    OpenMP region of 2 threads waits for a descheduled one (9 s in all here, ~60 s with 2)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# one intra-op thread: these nets run many small ops, and on a busy 2-core machine every OpenMP
+# region of 2 threads waits for a descheduled one (9 s in all here, ~60 s with 2)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def meta(name, **kwargs):
@@ -145,15 +141,7 @@ def test_both_kernels_agree_on_a_small_bottleneck_resnet():
     model = ResNet(Bottleneck, [1, 1, 1, 1], num_classes=5, width_per_group=16,
                    groups=2).double().eval()
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
-    results = []
-    for kernel in ("native", "reference"):
-        model.zero_grad()
-        with ops.kernels(kernel):
-            out = model(x)
-            out.square().sum().backward()
-        results.append([out.detach()] + [p.grad.clone() for p in model.parameters()])
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    kernels_agree(model, x)
 
 
 def test_bad_arguments():

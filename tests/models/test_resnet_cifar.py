@@ -3,10 +3,10 @@ units, wide ResNets, ResNeXt and stochastic depth ("Variations of Skip Architect
 
 import pytest
 import torch
-import torch.nn.functional as F
+from _checks import assert_learns, kernels_agree
 from torch import nn
 
-from cnnlab import models, ops
+from cnnlab import models
 from cnnlab.errors import ModelError
 from cnnlab.models.resnet import BasicBlock, Bottleneck
 from cnnlab.models.resnet_cifar import (
@@ -19,15 +19,9 @@ from cnnlab.models.resnet_cifar import (
     wide_resnet_cifar,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these nets run many small ops, and on a busy 2-core machine every
-    OpenMP region of 2 threads waits for a descheduled one (9 s in all here, ~60 s with 2)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# one intra-op thread: these nets run many small ops, and on a busy 2-core machine every OpenMP
+# region of 2 threads waits for a descheduled one (9 s in all here, ~60 s with 2)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def meta(name, **kwargs):
@@ -317,15 +311,7 @@ def test_both_kernels_agree(name):
     torch.manual_seed(0)
     model = TINY[name]().double().eval()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    results = []
-    for kernel in ("native", "reference"):
-        model.zero_grad()
-        with ops.kernels(kernel):
-            out = model(x)
-            out.square().sum().backward()
-        results.append([out.detach()] + [p.grad.clone() for p in model.parameters()])
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    kernels_agree(model, x)
 
 
 @pytest.mark.parametrize("name", ["resnet20", "wrn_10_2", "resnext11_2x4d"])
@@ -335,18 +321,9 @@ def test_cifar_variant_trains(name):
     y = torch.arange(8) % 4                                 # 4 classes, one template each
     # 16x16 keeps it quick; global average pooling takes any size (stage 3 at 4x4)
     x = torch.randn(4, 3, 16, 16)[y] + 0.5 * torch.randn(8, 3, 16, 16)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-
-    def loss():                         # in training mode: BN on this batch's statistics
-        with torch.no_grad():
-            return F.cross_entropy(model(x), y).item()
-
-    before = loss()
-    for _ in range(4):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    assert loss() < 0.8 * before            # resnet20 ~3.3 -> ~0.2, WRN ~2.4 -> ~0.8
+    # the loss in training mode (BN on this batch's statistics): resnet20 ~3.3 -> ~0.2,
+    # WRN ~2.4 -> ~0.8
+    assert_learns(model, x, y, steps=4, lr=0.05, factor=0.8, eval_loss=False)
 
 
 # ------------------------------------------------------------------------------------- errors

@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+from _checks import kernels_agree
 from torch import nn
 
-from cnnlab import models, ops
+from cnnlab import models
 from cnnlab.errors import ModelError, ShapeError
 from cnnlab.models.video import C3D_TABLE, SEQUENCE_TABLE
 
@@ -31,19 +32,10 @@ def test_output_shape_and_gradients_agree_on_both_kernels(name):
     model = models.create(name, num_classes=3, **kwargs).double().eval()
     assert model.default_input_shape == shape
     x = torch.randn(2, *shape, dtype=torch.float64)
-    outs, grads = [], []
-    for kernel in ("native", "reference"):
-        model.zero_grad()
-        with ops.kernels(kernel):
-            out = model(x)
-            out.square().sum().backward()
-        outs.append(out.detach())
-        grads.append([p.grad.clone() for p in model.parameters()])
-    assert outs[0].shape == (2, 3)
-    for pname, g in zip([n for n, _ in model.named_parameters()], grads[0]):
+    out, grads = kernels_agree(model, x, atol=1e-12)
+    assert out.shape == (2, 3)
+    for pname, g in zip([n for n, _ in model.named_parameters()], grads):
         assert g.abs().sum() > 0, f"{name}: {pname} gets no gradient"
-    for a, b in zip([outs[0], *grads[0]], [outs[1], *grads[1]]):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

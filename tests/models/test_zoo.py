@@ -10,8 +10,9 @@ own tests run them, or smaller members of the family, for real.
 
 import pytest
 import torch
+from _checks import kernels_agree
 
-from cnnlab import models, ops
+from cnnlab import models
 from cnnlab.errors import CnnlabError, ModelError, RegistryError
 from cnnlab.inspect import summarize
 from cnnlab.models.lenet import LeNet5
@@ -103,18 +104,9 @@ def test_both_kernels_give_equal_results(name):
     model = models.create(name).double().eval()
     # two images: enough to mix examples in a batch (im2col)
     x = _example(name, 2, dtype=torch.float64, shape=_kernel_input(name))
-    outs, grads = [], []
-    for kernel in ("native", "reference"):
-        model.zero_grad()
-        with ops.kernels(kernel):
-            out = model(x)
-            out.square().sum().backward()
-        outs.append(out.detach())
-        grads.append([p.grad.clone() for p in model.parameters()])
     # untrained deep nets in eval mode grow their activations with depth (gradients reach 1e14
     # in pre-activation ResNet-164): the absolute tolerance follows each tensor's scale
-    for a, b in zip([outs[0], *grads[0]], [outs[1], *grads[1]]):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10 * max(1.0, b.abs().max().item()))
+    kernels_agree(model, x, scale_atol=True)
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
