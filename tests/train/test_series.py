@@ -239,3 +239,16 @@ def test_cli_refuses_bad_fold_counts_in_one_line(tmp_path, capsys, folds, messag
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert "Traceback" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("command", [["train", "lenet5_modern", "--folds", "2"],
+                                     ["learning-curve", "lenet5_modern", "--fractions", "0.3,1"]])
+def test_a_model_setup_that_fails_writes_no_series_folder(tmp_path, capsys, command):
+    # refused before series.json is written, so the corrected command starts afresh
+    out = tmp_path / "series"
+    args = [*command, "--epochs", "1", "--out", str(out), "--no-tensorboard", "--no-plots"]
+    assert cli.main([*args, "--freeze-until", "nolayer"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "'nolayer'" in err and err.count("\n") == 1
+    assert not out.exists()
+    assert cli.main([*args, "--quiet"]) == 0

@@ -290,3 +290,12 @@ def test_cudnn_autotuner_on_for_gpu_runs_only_and_restored():
     with _cudnn_autotune(torch.device("cuda")):       # only the flag: no GPU needed
         assert torch.backends.cudnn.benchmark is True
     assert torch.backends.cudnn.benchmark == before
+
+
+def test_a_batch_above_the_training_set_is_warned_with_a_size_that_fits(tmp_path, digits,
+                                                                       capsys):
+    small = (digits[0].subset(torch.arange(36)), digits[1])
+    train(config(tmp_path, epochs=1, batch_size=50), tiny(), progress=False, datasets=small)
+    err = capsys.readouterr().err
+    assert ("warning: batch_size=50 exceeds the 36 training examples, so each epoch is one "
+            "step of 36; lower --batch-size (e.g. 8) unless") in err

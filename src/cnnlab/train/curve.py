@@ -150,9 +150,10 @@ def learning_curve(config: TrainConfig, fractions: Sequence[float],
     _check_classifier(config, model, task)
     folder = series.SeriesFolder.open(config, series.LEARNING_CURVE, "auto", overwrite,
                                       "the same command")
-    from cnnlab.train.loop import load_splits
+    from cnnlab.train.loop import check_setup, load_splits
 
     train_ds, test_ds = load_splits(config, model)
+    check_setup(config, model, train_ds)        # bad vectors, --init...: refused, nothing written
     labels = series.class_labels(train_ds, "learning-curve")
     orders = series.class_orders(labels, config.seed)
     split = series.digest(orders)

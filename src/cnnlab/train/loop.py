@@ -16,6 +16,7 @@ the loss.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import sys
@@ -406,16 +407,7 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, task: Task | N
             kernels = ops.kernels(cast(KernelName, config.kernel))
             with torch.random.fork_rng(devices=cuda), kernels, _cudnn_autotune(device):
                 torch.manual_seed(config.seed)              # initial weights and dropout
-                if model is None:
-                    from cnnlab import models
-
-                    model = models.create(config.model, num_classes=train_ds.num_classes,
-                                          **train_ds.model_args())
-                model = adapt(model, config)     # --task: e.g. a classifier gets a box head
-                _check_fits(model, train_ds)
-                if state is None:
-                    train_ds.prepare_model(model)   # e.g. word vectors into the embedding
-                transferred = _transfer(model, config, fresh=state is None)
+                model, transferred = setup_model(config, model, train_ds, fresh=state is None)
                 if transferred is not None and progress and ctx.is_main:
                     tqdm.write(transferred.summary())
                 if config.sync_bn and ctx.distributed:
@@ -468,6 +460,32 @@ def train(config: TrainConfig, model: nn.Module | None = None, *, task: Task | N
     }
 
 
+def setup_model(config: TrainConfig, model: nn.Module | None, train_ds: ImageDataset, *,
+                fresh: bool) -> tuple[nn.Module, TransferReport | None]:
+    """The model a run trains, on the CPU: ``model`` or one built from ``config.model`` for
+    the data, adapted to ``--task``, checked against the data and, for a ``fresh`` run, given
+    its word vectors; then ``--init`` and ``--freeze-until`` (what they did, or None)."""
+    if model is None:
+        from cnnlab import models
+
+        model = models.create(config.model, num_classes=train_ds.num_classes,
+                              **train_ds.model_args())
+    model = adapt(model, config)     # --task: e.g. a classifier gets a box head
+    _check_fits(model, train_ds)
+    if fresh:
+        train_ds.prepare_model(model)   # e.g. word vectors into the embedding
+    return model, _transfer(model, config, fresh=fresh)
+
+
+def check_setup(config: TrainConfig, model: nn.Module | None, train_ds: ImageDataset) -> None:
+    """Refuse what :func:`setup_model` would refuse (missing or bad word vectors, a bad
+    ``--init`` or ``--freeze-until``, a model that does not fit the data), without touching
+    ``model`` or the random numbers: a series checks this before it writes its folder."""
+    with torch.random.fork_rng(devices=[]):
+        setup_model(config, None if model is None else copy.deepcopy(model), train_ds,
+                    fresh=True)
+
+
 def _run_state(model: nn.Module, config: TrainConfig, folder: RunFolder, device: torch.device,
                train_ds: ImageDataset, augment: Compose | None, task: Task,
                ctx: Context) -> RunState:
@@ -491,10 +509,12 @@ def _run_state(model: nn.Module, config: TrainConfig, folder: RunFolder, device:
 
 def _warn_batch_size(config: TrainConfig, train_ds: ImageDataset, ctx: Context) -> None:
     """One line when a batch holds the whole training set: one step per epoch."""
-    if config.batch_size > len(train_ds) and ctx.is_main:
-        print(f"warning: batch_size={config.batch_size} exceeds the {len(train_ds):,} training "
-              f"images, so each epoch is one step of {len(train_ds):,}; lower --batch-size "
-              "(e.g. 64) unless you mean full-batch gradient descent", file=sys.stderr)
+    n = len(train_ds)
+    if config.batch_size > n and ctx.is_main:
+        smaller = 1 << max(0, (n // 4).bit_length() - 1)     # a power of two, 4+ steps an epoch
+        print(f"warning: batch_size={config.batch_size} exceeds the {n:,} training examples, "
+              f"so each epoch is one step of {n:,}; lower --batch-size (e.g. {smaller}) "
+              "unless you mean full-batch gradient descent", file=sys.stderr)
 
 
 def _forward(model: nn.Module, config: TrainConfig, ctx: Context, device: torch.device

@@ -383,10 +383,11 @@ def cross_validate(config: TrainConfig, model: nn.Module | None = None, *,
     folder = SeriesFolder.open(config, CROSS_VALIDATION, resume, overwrite,
                                "`cnnlab train --resume {root}`")
     try:
-        from cnnlab.train.loop import load_splits
+        from cnnlab.train.loop import check_setup, load_splits
 
         train_ds, test_ds = load_splits(config, model) if datasets is None else datasets
         both = train_ds.join(test_ds)
+        check_setup(config, model, both)        # bad vectors, --init...: refused, nothing written
         labels = class_labels(both, "cross-validation")
         folds = stratified_folds(labels, k, config.seed, both.classes)
         split = digest(folds)
