@@ -78,7 +78,13 @@ def test_summary_of_a_spec_as_json(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["summary", "lenet6"], "needs --input"),
     (["summary", "C5D6 Q", "--input", "1x32x32"], "token 'Q'"),
-    (["summary", "lenet5", "--input", "1x32"], "does not fit"),
+    (["summary", "lenet5", "--input", "1x32"], ("'features.c1' (Conv2d) takes CxHxW inputs, "
+                                                "3 sizes, not 2; its default input shape is 1x32x32")),
+    (["summary", "c3d", "--input", "3x112x112"], "takes CxTxHxW inputs, 4 sizes, not 3"),
+    (["summary", "kim_cnn_rand", "--input", "300x56"], ("it takes token ids, so give the "
+                                                       "sentence length alone (--input L)")),
+    (["summary", "lenet5", "--input", "1x2x3x4x5"], "give 1 to 4 positive sizes"),
+    (["train", "c3d_mnist", "--epochs", "1"], "digits holds images, but the model takes clips"),
     (["summary", "lenet5", "--input", "axb"], "is not a shape"),
     (["summary", "C3D64s3p0", "--input", "64x13x13", "--strict"], "stride"),
     (["train", "lenet7", "--epochs", "1"], "unknown model 'lenet7'"),
@@ -170,3 +176,13 @@ def test_an_os_error_no_command_explained_is_one_line(monkeypatch, capsys, tmp_p
     monkeypatch.setattr(cli, "cmd_plot", renamed)
     code, _, err = run(capsys, "plot", str(tmp_path))
     assert code == 1 and err == "error: cnnlab plot failed: a.tmp -> b: Invalid cross-device link\n"
+
+
+def test_summary_of_a_text_model_takes_the_sentence_length(capsys):
+    totals = {}
+    for length in (56, 40):
+        code, out, _ = run(capsys, "summary", "kim_cnn_rand", "--input", str(length), "--json")
+        assert code == 0
+        totals[length] = json.loads(out)["totals"]["macs"]
+    # 16 positions fewer for each of the widths 3, 4, 5: 100 maps over 300-d words each
+    assert totals[56] - totals[40] == 16 * (3 + 4 + 5) * 100 * 300

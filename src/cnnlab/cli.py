@@ -66,9 +66,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
     except ValueError:
         raise CnnlabError(f"--input {shown!r} is not a shape: write it as CxHxW, e.g. "
                           "3x224x224") from None
-    if not 2 <= len(shape) <= 4 or any(s <= 0 for s in shape):
-        raise CnnlabError(f"--input {shown!r}: give 2 to 4 positive sizes, C first "
-                          "(CxL for text, CxHxW for images, CxTxHxW for video)")
+    if not 1 <= len(shape) <= 4 or any(s <= 0 for s in shape):
+        raise CnnlabError(f"--input {shown!r}: give 1 to 4 positive sizes: L (the token ids "
+                          "of a sentence), or C first: CxL, CxHxW (images), CxTxHxW (video)")
     if max(shape) > MAX_SIZE:
         raise CnnlabError(f"--input {shown!r}: {max(shape)} is above {MAX_SIZE:,}, the largest "
                           "size a kernel takes; give a smaller input")
@@ -132,7 +132,7 @@ def _model_or_spec(target: str, input_shape: tuple[int, ...] | None,
         entry = models.info(target)
         # a text model takes no channel count: its shape is (L,) token ids
         channels = ({"in_channels": input_shape[0]} if input_shape is not None
-                    and "in_channels" in entry.arguments() else {})
+                    and len(input_shape) > 1 and "in_channels" in entry.arguments() else {})
         with torch.device("meta"):
             model = models.create(target, num_classes=num_classes,
                                   **{**channels, **(builder_args or {})})
@@ -472,7 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", metavar="NAME|SPEC",
                    help="a model name (see `cnnlab models`) or a network in the chapter's notation")
-    p.add_argument("--input", metavar="CxHxW", help="input shape (default: the model's own)")
+    p.add_argument("--input", metavar="SHAPE",
+                   help="input shape: CxHxW (images), CxTxHxW (clips), L (a text model's "
+                        "token ids) (default: the model's own)")
     p.add_argument("--num-classes", type=int, help="output classes (default 10, or 1000 for "
                    "ImageNet-sized models)")
     p.add_argument("--strict", action="store_true", help="refuse a stride that does not divide "

@@ -321,10 +321,21 @@ def _fit_error(model: nn.Module, shape: tuple[int, ...], failed: str | None,
     given = "x".join(map(str, shape))
     default = getattr(model, "default_input_shape", None)
     hint = f"; its default input shape is {'x'.join(map(str, default))}" if default else ""
+    if not getattr(model, "default_input_dtype", torch.float32).is_floating_point:
+        return ShapeError(f"input shape {given} does not fit the model: it takes token ids, "
+                          f"so give the sentence length alone (--input L){hint}")
     first = _first_layer(model)
     if first is not None:
         name, m = first
         wanted = (m.in_features if isinstance(m, nn.Linear) else m.in_channels)
+        weight = m.weight
+        assert isinstance(weight, torch.Tensor)
+        dims = weight.dim() - 1          # a convolution's input: C and its spatial sizes
+        if not isinstance(m, nn.Linear) and len(shape) != dims and 2 <= dims <= 4:
+            layout = {2: "CxL", 3: "CxHxW", 4: "CxTxHxW"}[dims]
+            return ShapeError(f"input shape {given} does not fit the model: its first layer "
+                              f"{name!r} ({type(m).__name__}) takes {layout} inputs, {dims} "
+                              f"sizes, not {len(shape)}{hint}")
         if isinstance(m, nn.Linear) and len(shape) == 1 and shape[0] != wanted:
             return ShapeError(f"input shape {given} does not fit the model: its first layer "
                               f"{name!r} expects {wanted} features{hint}")

@@ -1,5 +1,7 @@
 """``load``: the embedded digits, resizing, the registry and ImageDataset."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -116,3 +118,15 @@ def test_absurd_sizes_and_selections_are_one_line_errors():
                                         r"boolean mask of that length"):
         test.subset(torch.ones(5, dtype=torch.bool))
     assert len(test.subset(torch.arange(360) < 7)) == 7
+
+
+@pytest.mark.parametrize("name, size, message", [
+    ("digits", (16, 8, 8), "digits holds images, but the model takes clips ((T, H, W) = (16, 8, 8))"),
+    ("digits", (56,), "digits holds images, but the model takes sentences"),
+    ("text", (8, 8), "text holds sentences, but the model takes images ((H, W) = (8, 8))"),
+    ("video", (56,), "video holds clips, but the model takes sentences ((L,) = (56,))"),
+])
+def test_a_size_for_other_examples_names_both_kinds(tmp_path, name, size, message):
+    # refused before any file is read: the size is a model's input of another kind
+    with pytest.raises(DataError, match=re.escape(message)):
+        load(name, "train", data_dir=tmp_path, size=size)

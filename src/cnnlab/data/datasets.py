@@ -34,13 +34,16 @@ SPLITS = ("train", "test")
 FOLDER = "folder"   # load(FOLDER, split, data_dir=ROOT): an image folder, not a registry entry
 BOX_FORMATS = ("voc", "csv")   # load(fmt, split, data_dir=ROOT): images with boxes (data.boxes)
 CROPS = "crops"   # load(CROPS, split, data_dir=ROOT, size=S): R-CNN's crops (apps.proposals)
-# data sets beyond images, each read by its own module (imported when used):
-# name -> "module:function", called as function(split=, data_dir=, size=, options=)
+# data sets beyond images, each read by its own module (imported when used): name ->
+# ("module:function", called as function(split=, data_dir=, size=, options=); what it holds)
 LOADERS = {
-    "mr": "cnnlab.data.text:load_mr",                    # MR sentence polarity (8.6.4)
-    "text": "cnnlab.data.text:load_text_folder",         # ROOT: text files per class
-    "video": "cnnlab.data.video:load_video_folder",      # ROOT: video files per class (8.6.5)
+    "mr": ("cnnlab.data.text:load_mr", "sentences"),                 # MR polarity (8.6.4)
+    "text": ("cnnlab.data.text:load_text_folder", "sentences"),      # ROOT: texts per class
+    "video": ("cnnlab.data.video:load_video_folder", "clips"),       # ROOT: videos (8.6.5)
 }
+# what a data set holds -> the size that load() takes for it: an example's shape without its
+# channels (a model's input shape less C; token ids have no channel)
+SIZES = {"images": (2, "(H, W)"), "clips": (3, "(T, H, W)"), "sentences": (1, "(L,)")}
 # the data options of a run (TrainConfig fields of the same names) and their defaults; a
 # loader uses those it understands and refuses the others when they are not at the default
 DATA_OPTIONS: dict[str, Any] = {"vectors": None, "frame_stride": 1}
@@ -300,6 +303,18 @@ def _data_folder(entry: DatasetInfo, split: str, data_dir: str | os.PathLike[str
     return root
 
 
+def _check_kind(name: str, holds: str, size: object) -> None:
+    """Refuse a size meant for other examples than ``name`` holds: a model of another kind
+    (a text model's (L,) for clips, a video model's (T, H, W) for images...)."""
+    if not isinstance(size, (tuple, list)):     # an int, or a bad size load() refuses later
+        return
+    for kind, (rank, layout) in SIZES.items():
+        if kind != holds and len(tuple(size)) == rank:
+            raise DataError(f"{name} holds {holds}, but the model takes {kind} ({layout} = "
+                            f"{tuple(size)}); train a model for {holds} on it (`cnnlab "
+                            f"models`), or give it data of {kind}")
+
+
 def load(name: str, split: str = "train", data_dir: str | os.PathLike[str] | None = None,
          size: int | Sequence[int] | None = None, download: bool = False,
          lazy: bool | None = None, options: Mapping[str, Any] | None = None) -> ImageDataset:
@@ -333,12 +348,15 @@ def load(name: str, split: str = "train", data_dir: str | os.PathLike[str] | Non
         if split not in SPLITS or download:
             raise DataError(f"load({name!r}, ...) reads split 'train' or 'test' from files "
                             f"and cannot download; got split={split!r}")
-        module, _, function = LOADERS[name].partition(":")
+        path, holds = LOADERS[name]
+        module, _, function = path.partition(":")
         reader = getattr(importlib.import_module(module), function)
         shape = None if size is None else (size,) if isinstance(size, int) else tuple(size)
+        _check_kind(name, holds, shape)
         ds: ImageDataset = reader(split=split, data_dir=data_dir, size=shape,
                                   options={**DATA_OPTIONS, **(options or {})})
         return ds
+    _check_kind(name, "images", size)
     extra = {k: v for k, v in (options or {}).items() if v != DATA_OPTIONS[k]}
     if extra:
         raise DataError(f"{name} is a data set of images: it takes no "

@@ -200,7 +200,7 @@ def _text_rows(path: Path, dim: int, index: dict[str, int], header: bool
                 continue
             if line.count(" ") < dim:
                 raise _truncated(path, f"line {number} holds {len(line.split()) - 1} numbers, "
-                                 f"not {dim}")
+                                 f"not {dim}", line=True)
             seen += 1
             word, _, rest = line.partition(" ")
             i = index.get(word)
@@ -213,10 +213,10 @@ def _text_rows(path: Path, dim: int, index: dict[str, int], header: bool
                     values = [float(v) for v in rest.split(" ")]
                 except ValueError:
                     raise _truncated(path, f"line {number} holds a value that is not a "
-                                     "number") from None
+                                     "number", line=True) from None
                 if len(values) != dim:
                     raise _truncated(path, f"line {number} holds {len(values)} numbers, "
-                                     f"not {dim}")
+                                     f"not {dim}", line=True)
                 yield i, values
     if declared is not None and seen < declared:
         raise _truncated(path, f"its header declares {declared:,} words but it holds {seen:,}")
@@ -239,7 +239,7 @@ def _binary_rows(path: Path, dim: int, index: dict[str, int]
                 more = f.read(_BLOCK)
                 if not more:
                     raise _truncated(path, f"its header declares {count:,} words but it ends "
-                                     f"in word {n + 1:,}")
+                                     f"before word {n + 1:,} is complete")
                 buf, pos = buf[pos:] + more, 0
             word = buf[pos:space].lstrip(b"\n").decode("utf-8", errors="replace")
             start = space + 1
@@ -249,9 +249,10 @@ def _binary_rows(path: Path, dim: int, index: dict[str, int]
             pos = start + size
 
 
-def _truncated(path: Path, what: str) -> DataError:
+def _truncated(path: Path, what: str, line: bool = False) -> DataError:
+    fix = " (or fix that line)" if line else ""
     return DataError(f"vectors file {path} is truncated or malformed: {what}; download it "
-                     "again (or fix that line)")
+                     f"again{fix}")
 
 
 def kim_fill(table: VectorTable, generator: torch.Generator | None = None,
