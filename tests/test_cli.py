@@ -186,3 +186,17 @@ def test_summary_of_a_text_model_takes_the_sentence_length(capsys):
         totals[length] = json.loads(out)["totals"]["macs"]
     # 16 positions fewer for each of the widths 3, 4, 5: 100 maps over 300-d words each
     assert totals[56] - totals[40] == 16 * (3 + 4 + 5) * 100 * 300
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "lenet5", "--folds", "abc"],
+     "error: argument --folds: invalid int value: 'abc'; see `cnnlab train --help`\n"),
+    (["learning-curve", "lenet5", "--epochs", "x"], "see `cnnlab learning-curve --help`"),
+    (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
+])
+def test_option_mistakes_are_one_line_not_the_whole_usage(capsys, argv, message):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("error: ") and message in err
+    assert err.count("\n") == 1 and "usage:" not in err

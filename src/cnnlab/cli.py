@@ -15,7 +15,7 @@ import os
 import select
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from cnnlab.errors import CnnlabError
 
@@ -448,6 +448,14 @@ def _add_run_data(p: argparse.ArgumentParser, whose: str) -> None:
                    help=f"images per batch (default {batch})")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (what is wrong and where the options are), not the
+    command's whole usage first; every sub-command's parser is one of these."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import typing
 
@@ -455,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     from cnnlab.train.ensemble import TTA
     from cnnlab.train.transfer import Pool
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cnnlab", description="The convolutional networks of the chapter: list, inspect, "
         "train and evaluate them.", formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="run `cnnlab COMMAND --help` for a command's options")
