@@ -20,6 +20,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError, ShapeError, SizeError
 from cnnlab.nn.autoencoder import Deconv2d
+from cnnlab.nn.classifier import takes_ids
 from cnnlab.nn.layers import GlobalAvgPool
 from cnnlab.nn.lenet import RBF, PartialConv2d, Subsampling
 from cnnlab.ops._shapes import MAX_SIZE
@@ -321,7 +322,7 @@ def _fit_error(model: nn.Module, shape: tuple[int, ...], failed: str | None,
     given = "x".join(map(str, shape))
     default = getattr(model, "default_input_shape", None)
     hint = f"; its default input shape is {'x'.join(map(str, default))}" if default else ""
-    if not getattr(model, "default_input_dtype", torch.float32).is_floating_point:
+    if takes_ids(model):
         return ShapeError(f"input shape {given} does not fit the model: it takes token ids, "
                           f"so give the sentence length alone (--input L){hint}")
     first = _first_layer(model)

@@ -17,6 +17,12 @@ from cnnlab.errors import ModelError
 from cnnlab.nn.layers import Linear
 
 
+def takes_ids(model: nn.Module) -> bool:
+    """True for a model whose input is token ids (a text model), not pixels: its
+    ``default_input_dtype`` is not a floating type."""
+    return not getattr(model, "default_input_dtype", torch.float32).is_floating_point
+
+
 class Classifier(nn.Module):
     """A network split into :meth:`forward_features` (the spatial layers) and
     :meth:`forward_head` (what follows).

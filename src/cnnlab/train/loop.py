@@ -34,6 +34,7 @@ from cnnlab.data import ImageDataset, load
 from cnnlab.data.augment import Compose
 from cnnlab.data.datasets import size_of
 from cnnlab.errors import CnnlabError, ModelError, ShapeError
+from cnnlab.nn.classifier import takes_ids
 from cnnlab.ops import KernelName
 from cnnlab.train import augmentation, checkpoint, distributed, optim
 from cnnlab.train.batches import Batches, Normalize, normalizer
@@ -325,12 +326,7 @@ def _input_size(config: TrainConfig, model: nn.Module | None) -> tuple[int, ...]
     else:
         built = model
     shape: Sequence[int] | None = getattr(built, "default_input_shape", None)
-    return None if shape is None else size_of(shape, _takes_ids(built))
-
-
-def _takes_ids(model: nn.Module) -> bool:
-    """True for a model whose input is token ids (a text model), not pixels."""
-    return not getattr(model, "default_input_dtype", torch.float32).is_floating_point
+    return None if shape is None else size_of(shape, takes_ids(built))
 
 
 def train(config: TrainConfig, model: nn.Module | None = None, *, task: Task | None = None,
@@ -566,7 +562,7 @@ def _transfer(model: nn.Module, config: TrainConfig, fresh: bool) -> TransferRep
 
 
 def _check_fits(model: nn.Module, ds: ImageDataset) -> None:
-    if _takes_ids(model) != ds.tokens:
+    if takes_ids(model) != ds.tokens:
         wants, has = ("token ids", "pixels") if ds.tokens is False else ("pixels", "token ids")
         raise ShapeError(f"the model {type(model).__name__} takes {wants} but {ds.name} holds "
                          f"{has}; train a {'text' if ds.tokens else 'image'} model on it "
