@@ -64,8 +64,8 @@ def parse_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(p) for p in parts)
     except ValueError:
-        raise CnnlabError(f"--input {shown!r} is not a shape: write it as CxHxW, e.g. "
-                          "3x224x224") from None
+        raise CnnlabError(f"--input {shown!r} is not a shape: write sizes joined by x, e.g. "
+                          "3x224x224 (or 56, a text model's sentence length)") from None
     if not 1 <= len(shape) <= 4 or any(s <= 0 for s in shape):
         raise CnnlabError(f"--input {shown!r}: give 1 to 4 positive sizes: L (the token ids "
                           "of a sentence), or C first: CxL, CxHxW (images), CxTxHxW (video)")
