@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,10 +87,37 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+def _descendants(pid):
+    """The processes below ``pid`` (torchrun's workers may sit in sessions of their own)."""
+    children = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:                                   # it ended meanwhile
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])     # after "pid (name) state"
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _signal(pids, sig):
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def _run(cmd, expect=0, timeout=300):
-    """Run ``cmd`` in a session of its own; past ``timeout``, every process of it is sent
-    SIGABRT, which makes each Python print where it stands (faulthandler), and the test fails
-    with that."""
+    """Run ``cmd`` in a session of its own; past ``timeout``, it and every process below it
+    are sent SIGABRT, which makes each Python print where it stands (faulthandler), and the
+    test fails with that (a process that outlives the abort is killed, so the test never
+    waits for ever on its open pipes)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(var, None)
@@ -98,8 +126,13 @@ def _run(cmd, expect=0, timeout=300):
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGABRT)
-        stdout, stderr = proc.communicate()
+        below = _descendants(proc.pid)
+        _signal([proc.pid, *below], signal.SIGABRT)
+        try:
+            stdout, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            _signal([proc.pid, *below], signal.SIGKILL)
+            stdout, stderr = proc.communicate()
         pytest.fail(f"{' '.join(cmd[2:])} did not end in {timeout} s; where it stood:\n"
                     f"{stdout[-1000:]}\n{stderr[-6000:]}")
     assert (proc.returncode == 0) == (expect == 0), stderr[-2000:]
